@@ -1,0 +1,57 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each installs what it needs, is
+# idempotent, and is fast the second time: venvs, Go-built binaries and generated models are
+# cached under $(CACHE), never in the repo.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export TIERSERVE_CACHE ?= $(HOME)/.cache/tierserve
+export HF_HUB_OFFLINE := 1
+BIN := .venv/bin
+
+.PHONY: help demo test unit integration lint deps venv system binaries models \
+        controlplane-up controlplane-down clean
+
+help:
+	@echo "make demo   - run tierserve locally on generated tiny models (installs what it needs)"
+	@echo "make test   - run the whole test suite against real components (installs what it needs)"
+	@echo "other targets: unit integration lint deps controlplane-up controlplane-down clean"
+
+demo: venv models
+	$(BIN)/tierserve up
+
+test: deps lint
+	$(BIN)/pytest -m "unit or integration" tests
+
+unit: venv
+	$(BIN)/pytest -m unit tests
+
+integration: deps
+	$(BIN)/pytest -m integration tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+deps: venv system binaries models
+
+venv:
+	@scripts/install-python.sh
+
+system:
+	@scripts/install-system.sh
+
+binaries: venv system
+	@$(BIN)/python -m tierserve.testing.controlplane build
+
+models: venv
+	@$(BIN)/python -m tierserve.testing.tinymodels
+
+controlplane-up: venv system binaries
+	@$(BIN)/python -m tierserve.testing.controlplane up
+
+controlplane-down: venv
+	@$(BIN)/python -m tierserve.testing.controlplane down
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	@echo "caches under $(TIERSERVE_CACHE) are kept; remove that folder for a cold start"

@@ -1,0 +1,4 @@
+"""The tierserve command line."""
+
+def main() -> None:
+    pass
