@@ -77,7 +77,9 @@ def wait_until(
             if check():
                 return
         if proc is not None and proc.poll() is not None:
-            raise ComponentError(component, f"exited with code {proc.returncode} before {what}", log)
+            raise ComponentError(
+                component, f"exited with code {proc.returncode} before {what}", log
+            )
         if time.monotonic() > deadline:
             raise ComponentError(component, f"not {what} after {timeout:.0f}s", log)
         time.sleep(interval)
@@ -115,7 +117,7 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: Path | str | None = None,
 ) -> Process:
-    """Starts `argv` in its own process group (so stop() takes its children too), logging to `log`."""
+    """Starts `argv` in its own process group, so stop() takes its children too."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     full_env = dict(os.environ)

@@ -6,7 +6,7 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ def find_binary() -> str:
 
 
 def scrape_config(
-    targets: dict[str, Sequence[str]], *, interval: str = "1s", self_port: int | None = None
+    targets: Mapping[str, Sequence[str]], *, interval: str = "1s", self_port: int | None = None
 ) -> dict[str, Any]:
     """One job per name, each with its host:port targets; Prometheus scrapes itself too."""
     jobs = [
@@ -93,8 +93,8 @@ class Prometheus:
         )
         return found
 
-    def set_targets(self, targets: dict[str, Sequence[str]], interval: str = "1s") -> None:
-        """Rewrites the scrape config and reloads it (POST /-/reload needs --web.enable-lifecycle)."""
+    def set_targets(self, targets: Mapping[str, Sequence[str]], interval: str = "1s") -> None:
+        """Rewrites the scrape config and reloads it (needs --web.enable-lifecycle)."""
         self.targets = {k: list(v) for k, v in targets.items()}
         cfg = scrape_config(self.targets, interval=interval, self_port=self.port)
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
@@ -107,7 +107,7 @@ class Prometheus:
 
 
 def start_prometheus(
-    targets: dict[str, Sequence[str]] | None = None,
+    targets: Mapping[str, Sequence[str]] | None = None,
     *,
     port: int | None = None,
     workdir: Path | None = None,
@@ -134,7 +134,12 @@ def start_prometheus(
         ],
         log=log,
     )
-    prom = Prometheus(port=port, workdir=workdir, process=process, targets=dict(targets or {}))
+    prom = Prometheus(
+        port=port,
+        workdir=workdir,
+        process=process,
+        targets={k: list(v) for k, v in (targets or {}).items()},
+    )
     try:
         wait_until(
             lambda: httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200,

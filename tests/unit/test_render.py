@@ -1,0 +1,89 @@
+"""Rendering a ModelTier into Serve / RayService objects (pure functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tierserve import render
+from tierserve.api.v1alpha1 import ModelTier
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name: str, **meta: Any) -> ModelTier:
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    doc["metadata"] = {"namespace": "ml", "uid": "u-1", **doc["metadata"], **meta}
+    return ModelTier.model_validate(doc)
+
+
+def test_each_tier_becomes_an_llm_config_with_its_gpus_parallelism_and_bounds() -> None:
+    mt = load("three-tier-upfront.yaml")
+    app = render.serve_application(mt)
+    large = app["args"]["tiers"][2]
+    assert large["model_loading_config"] == {
+        "model_id": "large",
+        "model_source": {"bucket_uri": "s3://models/qwen2.5-coder-32b"},
+    }
+    assert large["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert large["engine_kwargs"]["pipeline_parallel_size"] == 2
+    assert large["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1.0}] * 4
+    assert large["accelerator_type"] == "A100"
+    scaling = large["deployment_config"]["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (0, 2)
+    tiny = app["args"]["tiers"][0]
+    assert tiny["model_loading_config"]["model_source"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+
+
+def test_engine_args_pass_through_and_cpu_tiers_get_a_cpu_bundle() -> None:
+    doc = yaml.safe_load((EXAMPLES / "support-assistant.yaml").read_text())
+    doc["spec"]["tiers"][0].update(gpusPerReplica=0, engineArgs={"max_model_len": 256})
+    doc["metadata"]["namespace"] = "ml"
+    small = render.llm_config(ModelTier.model_validate(doc).spec.tiers[0])
+    assert small["engine_kwargs"]["max_model_len"] == 256
+    assert small["placement_group_config"]["bundles"] == [{"CPU": 1.0}]
+
+
+def test_threshold_travels_only_in_the_router_user_config() -> None:
+    mt = load("support-assistant.yaml")
+    base = render.serve_application(mt)
+    moved = render.serve_application(mt, threshold=0.42)
+    assert base["deployments"][0]["user_config"]["threshold"] == 0.6
+    assert moved["deployments"][0]["user_config"]["threshold"] == 0.42
+    # Nothing that would restart tier replicas changes.
+    assert {k: v for k, v in base.items() if k != "deployments"} == {
+        k: v for k, v in moved.items() if k != "deployments"
+    }
+    router = moved["deployments"][0]
+    assert router["name"] == render.ROUTER_DEPLOYMENT
+    assert router["user_config"]["mode"] == "cascade"
+    assert [t["name"] for t in router["user_config"]["tiers"]] == ["small", "frontier"]
+    assert router["user_config"]["forceTopTier"][0]["keywords"] == [
+        "diagnosis",
+        "dosage",
+        "overdose",
+    ]
+
+
+def test_rayservice_has_one_worker_group_per_gpu_shape_and_is_owned() -> None:
+    mt = load("three-tier-upfront.yaml")
+    rs = render.ray_service(mt)
+    assert rs["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert set(groups) == {"gpu1", "gpu2", "gpu4-a100"}
+    assert (groups["gpu4-a100"]["minReplicas"], groups["gpu4-a100"]["maxReplicas"]) == (0, 2)
+    limits = groups["gpu2"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "2"
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["import_path"] == render.APP_IMPORT_PATH
+    assert serve["applications"][0]["name"] == "code-helper"
+
+
+def test_render_is_deterministic() -> None:
+    mt = load("support-assistant.yaml")
+    assert render.fingerprint(render.render(mt)) == render.fingerprint(render.render(mt))

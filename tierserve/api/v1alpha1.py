@@ -1,0 +1,380 @@
+"""The ModelTier API, `tierserve.io/v1alpha1`: the single source of truth for the CRD.
+
+The CRD's OpenAPI schema (types, enums, ranges, defaults, descriptions) and its CEL rules are
+generated from these models by `tierserve crds`; the operator parses objects with the same
+models. Rules that span fields live in `CEL` annotations so the API server refuses bad input at
+admission, naming the field, before the operator ever sees it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "tierserve.io"
+VERSION = "v1alpha1"
+KIND = "ModelTier"
+PLURAL = "modeltiers"
+SINGULAR = "modeltier"
+SHORT_NAMES = ["mt"]
+
+MAX_TIERS = 8
+MAX_RULES = 16
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One `x-kubernetes-validations` entry; `field_path` makes the API server name the field."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused, not dropped."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
+    )
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ModelSource(_Model):
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Where the weights come from: hf://org/name, s3://bucket/path, gs://bucket/path, "
+            "or a local path inside the serving image or a mounted volume."
+        ),
+    )
+    id: str | None = Field(
+        default=None,
+        description="Model id served by this tier's engine; defaults to the tier's name.",
+    )
+
+
+class ReplicaBounds(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min")
+            ]
+        }
+    )
+
+    min: int = Field(default=1, ge=0, le=1000, description="Fewest replicas Serve keeps running.")
+    max: int = Field(default=1, ge=1, le=1000, description="Most replicas Serve scales up to.")
+    target_ongoing_requests: float = Field(
+        default=16.0,
+        gt=0,
+        description="Serve autoscaling target: in-flight requests per replica before scaling up.",
+    )
+
+
+class Tier(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.gpusPerReplica == 0 ? "
+                    "self.tensorParallelSize * self.pipelineParallelSize == 1 : "
+                    "self.tensorParallelSize * self.pipelineParallelSize == self.gpusPerReplica",
+                    "gpusPerReplica must equal tensorParallelSize x pipelineParallelSize "
+                    "(or be 0 with both sizes 1 for a CPU tier)",
+                    ".gpusPerReplica",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=40,
+        description="Tier name, unique in the ladder (a DNS label); `<modeltier>:<name>` pins it.",
+    )
+    model: ModelSource = Field(description="The model this tier serves.")
+    gpus_per_replica: int = Field(
+        default=1, ge=0, le=64, description="GPUs per replica (0 for a CPU tier)."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM tensor parallel.")
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="vLLM pipeline parallel size."
+    )
+    cpus_per_replica: float = Field(
+        default=1.0, gt=0, le=256, description="CPUs reserved per replica (per GPU bundle)."
+    )
+    replicas: ReplicaBounds = Field(
+        default_factory=ReplicaBounds, description="Serve autoscaling bounds for this tier."
+    )
+    accelerator_type: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Ray accelerator type the replicas must land on, e.g. L4, A100, H100.",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra vLLM engine arguments, passed through unchanged (e.g. max_model_len).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    cost_per_hour: float | None = Field(
+        default=None,
+        ge=0,
+        description="Cost of one replica per hour, in any currency; drives the cost model.",
+    )
+
+
+class RoutingMode(StrEnum):
+    NONE = "none"
+    UPFRONT = "upfront"
+    CASCADE = "cascade"
+    HYBRID = "hybrid"
+
+
+class Fallback(StrEnum):
+    NEXT_TIER = "nextTier"
+    PREVIOUS_TIER = "previousTier"
+    NONE = "none"
+
+
+class ConfidenceMetric(StrEnum):
+    MIN_TOKEN_PROB = "minTokenProb"
+    MEAN_LOGPROB = "meanLogprob"
+    QUANTILE = "quantile"
+
+
+class Bounds(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "bounds.min must be <= bounds.max", ".min")
+            ]
+        }
+    )
+
+    min: Fraction = Field(default=0.0, description="Lowest threshold the autoscaler may set.")
+    max: Fraction = Field(default=1.0, description="Highest threshold the autoscaler may set.")
+
+
+class Autoscale(_Model):
+    prometheus_url: str = Field(
+        pattern=r"^https?://",
+        description="Prometheus HTTP API base URL the operator queries for signals.",
+        alias="prometheusURL",
+    )
+    interval: str = Field(
+        default="30s", pattern=DURATION, description="How often the threshold is re-evaluated."
+    )
+    max_escalation_rate: Fraction = Field(
+        default=0.25, description="Budget: the share of requests the top tier may receive."
+    )
+    frontier_queue_target: float = Field(
+        default=5.0, ge=0, description="Waiting requests per top-tier replica before backing off."
+    )
+    max_step: Fraction = Field(
+        default=0.05, description="Largest change of the threshold per interval."
+    )
+
+
+class Escalation(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.bounds.min <= self.threshold && self.threshold <= self.bounds.max",
+                    "threshold must lie within bounds (bounds.min <= threshold <= bounds.max)",
+                    ".threshold",
+                )
+            ]
+        }
+    )
+
+    threshold: Fraction = Field(
+        default=0.5,
+        description=(
+            "The bar a request's escalation score must clear to go up a tier: higher means "
+            "fewer escalations in every mode (in cascade mode the score is the lower tier's "
+            "uncertainty, 1 - confidence)."
+        ),
+    )
+    bounds: Bounds = Field(default_factory=Bounds, description="Where the autoscaler may move it.")
+    autoscale: Autoscale | None = Field(
+        default=None, description="Move the threshold from Prometheus signals; off when absent."
+    )
+
+
+class Cascade(_Model):
+    confidence: ConfidenceMetric = Field(
+        default=ConfidenceMetric.MIN_TOKEN_PROB,
+        description="How token logprobs become a confidence score.",
+    )
+    early_decision_tokens: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="For streaming: decide after this many tokens of the lower tier.",
+    )
+
+
+class ForceRule(_Model):
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Category name, for metrics.")
+    patterns: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list, max_length=64, description="Regular expressions (case-insensitive)."
+    )
+    keywords: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=256, description="Words or phrases (case-insensitive)."
+    )
+
+
+class Shadow(_Model):
+    sample_rate: Fraction = Field(
+        default=0.0,
+        description="Share of lower-tier answers also sent to the top tier to measure agreement.",
+    )
+
+
+class Routing(_Model):
+    mode: RoutingMode = Field(
+        default=RoutingMode.CASCADE,
+        description=(
+            "none: the first tier answers everything; upfront: a prompt scorer picks the tier "
+            "before generation; cascade: the lower tier answers first and escalates when unsure; "
+            "hybrid: upfront for clear cases, cascade for the rest."
+        ),
+    )
+    escalation: Escalation = Field(default_factory=Escalation, description="Escalation policy.")
+    cascade: Cascade = Field(default_factory=Cascade, description="Cascade-mode settings.")
+    force_top_tier: list[ForceRule] = Field(
+        default_factory=list,
+        max_length=MAX_RULES,
+        description="High-risk categories that always go to the top tier, whatever the scores.",
+    )
+    fallback: Fallback = Field(
+        default=Fallback.NEXT_TIER,
+        description="Where a request goes when its tier errors, times out or is unavailable.",
+    )
+    shadow: Shadow = Field(default_factory=Shadow, description="Shadow evaluation.")
+    request_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Per-tier request timeout before fallback."
+    )
+
+
+class Backend(StrEnum):
+    KUBERAY = "kuberay"
+    EXTERNAL = "external"
+
+
+class RayConfig(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.backend != 'kuberay' || has(self.image)",
+                    "image is required when backend is kuberay",
+                    ".image",
+                ),
+                cel(
+                    "self.backend != 'external' || has(self.dashboardURL)",
+                    "dashboardURL is required when backend is external",
+                    ".dashboardURL",
+                ),
+            ]
+        }
+    )
+
+    backend: Backend = Field(
+        default=Backend.KUBERAY,
+        description="kuberay: a KubeRay RayService owned by this object; external: an existing "
+        "Ray cluster, through its dashboard's Serve REST API.",
+    )
+    image: str | None = Field(
+        default=None, max_length=512, description="Serving image with tierserve and vLLM."
+    )
+    ray_version: str = Field(default="2.60.0", max_length=32, description="Ray version of image.")
+    dashboard_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="External backend: the Ray dashboard URL (Serve REST API).",
+        alias="dashboardURL",
+    )
+    route_prefix: str = Field(
+        default="/", pattern=r"^/", description="HTTP route prefix of the Serve application."
+    )
+
+
+class ModelTierSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.tiers.all(a, self.tiers.exists_one(b, b.name == a.name))",
+                    "tier names must be unique",
+                    ".tiers",
+                ),
+                cel(
+                    "self.routing.mode == 'none' || size(self.tiers) >= 2",
+                    "routing.mode upfront, cascade and hybrid need at least two tiers",
+                    ".routing.mode",
+                ),
+            ]
+        }
+    )
+
+    tiers: list[Tier] = Field(
+        min_length=1, max_length=MAX_TIERS, description="The ladder of tiers, cheapest first."
+    )
+    routing: Routing = Field(default_factory=Routing, description="The router in front of them.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where the tiers run.")
+
+
+class Condition(_Model):
+    type: str = Field(description="Ready, Progressing, Degraded or MetricsAvailable.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(default=None, description="RFC 3339 time.")
+    observed_generation: int | None = Field(default=None, description="Generation it is about.")
+
+
+class TierStatus(_Model):
+    name: str
+    ready: bool = False
+    replicas: int = 0
+    message: str = ""
+
+
+class EscalationStatus(_Model):
+    threshold: float | None = Field(default=None, description="Threshold the router uses now.")
+    desired_threshold: float | None = Field(default=None, description="What the policy wants.")
+    reason: str = Field(default="", description="Why it has its current value.")
+    last_change_time: str | None = None
+    signals: dict[str, float] = Field(default_factory=dict, description="Inputs last used.")
+
+
+class ModelTierStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    tiers: list[TierStatus] = Field(default_factory=list)
+    escalation: EscalationStatus = Field(default_factory=EscalationStatus)
+    ready: str = Field(default="", description="Ready tiers over all tiers, e.g. 2/2.")
+    application: str = Field(default="", description="Name of the Serve application.")
+    modelled_cost_reduction: float | None = Field(
+        default=None, description="All-top-tier cost divided by the modelled cost."
+    )
+
+
+class ModelTier(_Model):
+    """A ladder of model tiers and the router in front of them."""
+
+    api_version: str = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelTierSpec
+    status: ModelTierStatus | None = None
