@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -227,3 +228,51 @@ def render(mt: ModelTier, *, threshold: float | None = None) -> list[dict[str, A
 def fingerprint(obj: Any) -> str:
     """Stable text of an object, to compare desired and live state without spurious diffs."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`tierserve render -f modeltier.yaml`: print exactly what the operator would create."""
+    import argparse
+    import sys
+
+    from pydantic import ValidationError
+
+    parser = argparse.ArgumentParser(prog="tierserve render", description=main.__doc__)
+    parser.add_argument("-f", "--filename", required=True, help="ModelTier manifest ('-': stdin)")
+    parser.add_argument("-n", "--namespace", default=None, help="namespace if the file has none")
+    args = parser.parse_args(argv)
+    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    out = []
+    for doc in yaml.safe_load_all(text):
+        if not doc or doc.get("kind") != KIND:
+            continue
+        doc.setdefault("metadata", {})
+        if args.namespace or "namespace" not in doc["metadata"]:
+            doc["metadata"]["namespace"] = args.namespace or "default"
+        try:
+            mt = ModelTier.model_validate(doc)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                print(
+                    f"error: {doc['metadata'].get('name')}: {field}: {err['msg']}", file=sys.stderr
+                )
+            sys.exit(1)
+        out.extend(render(mt))
+    sys.stdout.write(dump_yaml(out))
+
+
+class _ReviewDumper(yaml.SafeDumper):
+    """Multi-line strings (serveConfigV2) as literal blocks, so a diff in review is readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReviewDumper.add_representer(str, _str)
+
+
+def dump_yaml(objs: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(objs, Dumper=_ReviewDumper, sort_keys=False, width=100)
