@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "build/start/stop the local Kubernetes control plane (up | down | status | build)",
     ),
     "crds": ("tierserve.api.crd", "generate the ModelTier CRD YAML from the pydantic models"),
+    "operator": ("tierserve.operator.main", "run the Kopf operator (health and metrics endpoints)"),
     "render": ("tierserve.render", "print what the operator would create for a ModelTier file"),
     "models": ("tierserve.testing.tinymodels", "generate (or reuse) the tiny test models"),
 }

@@ -25,6 +25,11 @@ SERVE_PORT = 8000
 DASHBOARD_PORT = 8265
 
 
+def tier_deployment_name(tier: str) -> str:
+    """Serve deployment name of a tier's vLLM replicas (status reads it back by this name)."""
+    return f"tier-{tier}"
+
+
 def app_name(namespace: str, name: str) -> str:
     """Serve application name; namespaced so ModelTiers can share one external Ray cluster."""
     return f"{namespace}-{name}"

@@ -364,9 +364,15 @@ class ModelTierStatus(_Model):
     tiers: list[TierStatus] = Field(default_factory=list)
     escalation: EscalationStatus = Field(default_factory=EscalationStatus)
     ready: str = Field(default="", description="Ready tiers over all tiers, e.g. 2/2.")
+    tier_names: str = Field(default="", description="The ladder, cheapest first, e.g. small,large.")
     application: str = Field(default="", description="Name of the Serve application.")
     modelled_cost_reduction: float | None = Field(
         default=None, description="All-top-tier cost divided by the modelled cost."
+    )
+    kopf: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Kopf's bookkeeping (kept in status so the operator never writes metadata).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
 

@@ -1,0 +1,174 @@
+"""Kopf handlers: a thin shell that parses, renders, applies through a backend, writes status.
+
+One level-based `reconcile` serves create, update, resume and a periodic timer, so a missed
+event, an operator restart or a hand-edited RayService all converge the same way. The operator
+writes the ModelTier's status only (Kopf's own bookkeeping included), never its spec or
+metadata, so GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from pydantic import ValidationError
+
+from tierserve import render
+from tierserve.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelTier
+from tierserve.operator import external, kuberay, metrics
+from tierserve.operator.status import Observation, compute_status, status_changed
+
+RESYNC_SECONDS = float(os.environ.get("TIERSERVE_RESYNC_SECONDS", "30"))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Bookkeeping in status, not annotations: metadata stays exactly what the user applied.
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field="status.kopf.last-handled-configuration"
+    )
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    metrics.start_server()
+
+
+def _is_external(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("ray") or {}).get("backend") == "external")
+
+
+def live_threshold(mt: ModelTier, status: dict[str, Any]) -> float:
+    """The autoscaler's threshold when it has set one, else the spec's."""
+    value = ((status or {}).get("escalation") or {}).get("threshold")
+    autoscaled = mt.spec.routing.escalation.autoscale is not None
+    return (
+        float(value) if autoscaled and value is not None else mt.spec.routing.escalation.threshold
+    )
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.Logger) -> None:
+    started = time.monotonic()
+    meta, status = body.get("metadata", {}), dict(body.get("status") or {})
+    generation = int(meta.get("generation") or 0)
+    try:
+        mt = ModelTier.model_validate(
+            {"metadata": dict(meta), "spec": dict(body.get("spec") or {})}
+        )
+    except ValidationError as exc:  # admission normally refuses this first
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        _write_invalid(body, patch, generation, f"spec.{where}: {first['msg']}")
+        metrics.observe_reconcile("invalid", time.monotonic() - started)
+        return
+
+    threshold = live_threshold(mt, status)
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    action, seen = "unchanged", Observation()
+    try:
+        if mt.spec.ray.backend == "kuberay":
+            application = name
+            action, live = kuberay.KubeRay(client.CustomObjectsApi()).apply(
+                render.ray_service(mt, threshold=threshold)
+            )
+            seen = kuberay.observe(live, application)
+        else:
+            application = render.app_name(namespace, name)
+            assert mt.spec.ray.dashboard_url  # admission (CEL) guarantees it
+            serve = external.ServeREST(mt.spec.ray.dashboard_url)
+            app = render.serve_application(mt, threshold=threshold)
+            action = serve.apply(app, http_options=None)
+            seen = external.observe(serve.status(), application)
+    except external.DashboardError as exc:
+        seen = Observation(error_reason=exc.reason, error_message=str(exc))
+    except client.ApiException as exc:
+        reason = "RayServiceCRDMissing" if exc.status == 404 else "RayServiceRejected"
+        detail = _api_message(exc)
+        if exc.status == 404:
+            detail = "the RayService CRD (ray.io/v1) is not installed: install KubeRay"
+        seen = Observation(error_reason=reason, error_message=detail)
+
+    if action != "unchanged":
+        kind = "RayService" if mt.spec.ray.backend == "kuberay" else "Serve application"
+        kopf.info(body, reason=action.capitalize(), message=f"{action} {kind} {application}")
+        logger.info("%s %s %s", action, kind, application)
+    if seen.error_reason:
+        kopf.warn(body, reason=seen.error_reason, message=seen.error_message)
+
+    desired = compute_status(
+        mt,
+        generation,
+        seen,
+        previous=status,
+        now=_now(),
+        threshold=threshold,
+        application=application,
+    )
+    if status_changed(status, desired):
+        for key, value in desired.items():
+            patch.status[key] = value
+    outcome = "error" if seen.error_reason else action
+    metrics.observe_reconcile(outcome, time.monotonic() - started)
+
+
+def _write_invalid(body: kopf.Body, patch: kopf.Patch, generation: int, message: str) -> None:
+    from tierserve.operator.status import condition, merge_conditions
+
+    conditions = [
+        condition("Ready", False, "InvalidSpec", message, generation),
+        condition("Progressing", False, "InvalidSpec", message, generation),
+        condition("Degraded", True, "InvalidSpec", message, generation),
+    ]
+    previous = dict(body.get("status") or {})
+    merged = merge_conditions(previous.get("conditions") or [], conditions, _now())
+    if previous.get("conditions") != merged or previous.get("observedGeneration") != generation:
+        patch.status["conditions"] = merged
+        patch.status["observedGeneration"] = generation
+
+
+def _api_message(exc: client.ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or "").get("message", exc.reason))
+    except (ValueError, TypeError, AttributeError):
+        return f"{exc.status} {exc.reason}"
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    reconcile(body, patch, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Level-based refresh: status from the backend, hand edits of owned objects reverted."""
+    reconcile(body, patch, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_is_external, retries=10)
+def remove_external(spec: kopf.Spec, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
+    """kuberay objects go with their owner (ownerReferences); an external app needs removing."""
+    url = str((spec.get("ray") or {}).get("dashboardURL") or "")
+    name = render.app_name(meta.get("namespace", "default"), meta["name"])
+    try:
+        removed = external.ServeREST(url).remove(name)
+    except external.DashboardError as exc:
+        raise kopf.TemporaryError(str(exc), delay=30) from exc
+    logger.info("removed Serve application %s: %s", name, removed)
