@@ -9,6 +9,7 @@ still comes from the models.
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Any
 
 import yaml
@@ -60,23 +61,41 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: out[k] for k in order if k in out} | {k: v for k, v in out.items() if k not in order}
 
 
-def _default_empty_objects(node: dict[str, Any], required: set[str]) -> None:
-    """Objects with all-default fields get `default: {}` so the API server fills them in."""
-    for name, prop in node.get("properties", {}).items():
-        if prop.get("type") == "object" and "properties" in prop:
-            _default_empty_objects(prop, set(prop.get("required", [])))
-            if name not in required and "default" not in prop and not prop.get("required"):
-                prop["default"] = {}
-        elif prop.get("type") == "array" and isinstance(prop.get("items"), dict):
-            item = prop["items"]
-            if item.get("type") == "object":
-                _default_empty_objects(item, set(item.get("required", [])))
+def _model_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """Object fields built by a default factory get that object, fully defaulted, as `default`.
+
+    The API server then fills nested defaults in, and validates the default against the CEL
+    rules, so it must be the complete object rather than `{}`.
+    """
+    for name, info in model.model_fields.items():
+        prop = schema.get("properties", {}).get(info.alias or name)
+        if prop is None:
+            continue
+        nested = _model_type(info.annotation)
+        if nested is None:
+            continue
+        target = prop["items"] if prop.get("type") == "array" else prop
+        _model_defaults(nested, target)
+        factory = info.default_factory
+        if prop.get("type") == "object" and factory is nested:
+            prop["default"] = nested().model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model in `X`, `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}))
-    _default_empty_objects(schema, set(schema.get("required", [])))
+    _model_defaults(model, schema)
     return schema
 
 

@@ -331,7 +331,7 @@ class ModelTierSpec(_Model):
         min_length=1, max_length=MAX_TIERS, description="The ladder of tiers, cheapest first."
     )
     routing: Routing = Field(default_factory=Routing, description="The router in front of them.")
-    ray: RayConfig = Field(default_factory=RayConfig, description="Where the tiers run.")
+    ray: RayConfig = Field(description="Where the tiers run.")
 
 
 class Condition(_Model):
