@@ -7,7 +7,6 @@ writes and how the API server treats it (admission, ownership, garbage collectio
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -114,11 +113,10 @@ def test_applying_an_example_creates_its_owned_rayservice(
     assert len(serve["applications"][0]["args"]["tiers"]) == len(mt["spec"]["tiers"])
 
     def status_written() -> dict[str, Any] | None:
-        live = get(kubectl, "mt", name, namespace)
-        status = (live or {}).get("status") or {}
-        return (
-            status if status.get("observedGeneration") == live["metadata"]["generation"] else None
-        )
+        live = get(kubectl, "mt", name, namespace) or {"metadata": {}}
+        status = live.get("status") or {}
+        generation = live["metadata"].get("generation")
+        return status if status.get("observedGeneration") == generation else None
 
     status = eventually(status_written, "status with observedGeneration")
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -152,7 +150,7 @@ def test_changing_replicas_and_tp_updates_the_rayservice_in_place(
     kubectl("patch", "mt", "code-helper", "-n", namespace, "--type=json", "-p", json.dumps(patch))
 
     def updated() -> dict[str, Any] | None:
-        live = get(kubectl, "rayservice", "code-helper", namespace)
+        live = get(kubectl, "rayservice", "code-helper", namespace) or {}
         groups = {g["groupName"]: g for g in live["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
         return live if "gpu2" not in groups and groups["gpu1"]["maxReplicas"] == 6 + 4 else None
 
