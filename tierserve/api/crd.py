@@ -76,8 +76,8 @@ def _model_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
             continue
         target = prop["items"] if prop.get("type") == "array" else prop
         _model_defaults(nested, target)
-        factory = info.default_factory
-        if prop.get("type") == "object" and factory is nested:
+        built_by_factory = id(info.default_factory) == id(nested)
+        if prop.get("type") == "object" and built_by_factory:
             prop["default"] = nested().model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
