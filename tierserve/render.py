@@ -76,6 +76,8 @@ def llm_config(tier: Tier) -> dict[str, Any]:
     }
     if tier.accelerator_type:
         config["accelerator_type"] = tier.accelerator_type
+    if tier.env:
+        config["runtime_env"] = {"env_vars": dict(tier.env)}
     return config
 
 
@@ -106,7 +108,10 @@ def serve_application(mt: ModelTier, *, threshold: float | None = None) -> dict[
         "name": app_name(namespace, name),
         "route_prefix": mt.spec.ray.route_prefix,
         "import_path": APP_IMPORT_PATH,
-        "args": {"modelTier": name, "tiers": [llm_config(t) for t in mt.spec.tiers]},
+        "args": {
+            "modelTier": name,
+            "tiers": [{"name": t.name, "llmConfig": llm_config(t)} for t in mt.spec.tiers],
+        },
         "deployments": [{"name": ROUTER_DEPLOYMENT, "user_config": user_config}],
     }
 

@@ -156,7 +156,8 @@ def test_changing_replicas_and_tp_updates_the_rayservice_in_place(
 
     live = eventually(updated, "the RayService to follow the new spec")
     assert live["metadata"]["uid"] == rs["metadata"]["uid"]  # updated, not recreated
-    medium = yaml.safe_load(live["spec"]["serveConfigV2"])["applications"][0]["args"]["tiers"][1]
+    args = yaml.safe_load(live["spec"]["serveConfigV2"])["applications"][0]["args"]
+    medium = args["tiers"][1]["llmConfig"]
     assert medium["engine_kwargs"]["tensor_parallel_size"] == 1
 
 

@@ -25,7 +25,7 @@ def load(name: str, **meta: Any) -> ModelTier:
 def test_each_tier_becomes_an_llm_config_with_its_gpus_parallelism_and_bounds() -> None:
     mt = load("three-tier-upfront.yaml")
     app = render.serve_application(mt)
-    large = app["args"]["tiers"][2]
+    large = app["args"]["tiers"][2]["llmConfig"]
     assert large["model_loading_config"] == {
         "model_id": "large",
         "model_source": {"bucket_uri": "s3://models/qwen2.5-coder-32b"},
@@ -36,7 +36,7 @@ def test_each_tier_becomes_an_llm_config_with_its_gpus_parallelism_and_bounds() 
     assert large["accelerator_type"] == "A100"
     scaling = large["deployment_config"]["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (0, 2)
-    tiny = app["args"]["tiers"][0]
+    tiny = app["args"]["tiers"][0]["llmConfig"]
     assert tiny["model_loading_config"]["model_source"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
 
 

@@ -129,6 +129,10 @@ class Tier(_Model):
         ge=0,
         description="Cost of one replica per hour, in any currency; drives the cost model.",
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the replicas (e.g. VLLM_CPU_KVCACHE_SPACE).",
+    )
 
 
 class RoutingMode(StrEnum):
