@@ -136,10 +136,11 @@ def main() -> None:
         created = time.perf_counter() - t0
 
         def converged() -> int:
-            items = custom.list_namespaced_custom_object(
+            mts: Any = custom.list_namespaced_custom_object(
                 "tierserve.io", "v1alpha1", NS, "modeltiers"
-            )["items"]
-            rs = custom.list_namespaced_custom_object("ray.io", "v1", NS, "rayservices")["items"]
+            )
+            rss: Any = custom.list_namespaced_custom_object("ray.io", "v1", NS, "rayservices")
+            items, rs = mts["items"], rss["items"]
             have = {r["metadata"]["name"] for r in rs}
             return sum(
                 1
