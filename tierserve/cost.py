@@ -1,0 +1,68 @@
+"""The cost model: what a routing share costs per request relative to an all-top-tier fleet.
+
+Per-request cost of a tier is taken as proportional to its replica cost per hour (its GPU count
+when no cost is given): tiers are assumed to serve requests at similar rates per replica, so the
+ratio of hourly costs is the ratio of per-request costs. Upfront routing pays only for the tier it
+picks; a cascade pays for every rung a request climbs, so an escalated request pays twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from tierserve.api.v1alpha1 import ModelTierSpec
+
+
+def tier_costs(spec: ModelTierSpec) -> list[float]:
+    if all(t.cost_per_hour is not None for t in spec.tiers):
+        return [float(t.cost_per_hour or 0.0) for t in spec.tiers]
+    return [float(max(t.gpus_per_replica, 1)) for t in spec.tiers]
+
+
+def upfront_cost(costs: Sequence[float], shares: Sequence[float]) -> float:
+    """Mean cost per request when a share `shares[i]` is sent straight to tier i."""
+    return sum(s * c for s, c in zip(shares, costs, strict=True))
+
+
+def cascade_cost(costs: Sequence[float], shares: Sequence[float]) -> float:
+    """Mean cost per request when `shares[i]` is answered at rung i after climbing 0..i."""
+    climbed = [sum(costs[: i + 1]) for i in range(len(costs))]
+    return sum(s * c for s, c in zip(shares, climbed, strict=True))
+
+
+def reduction(costs: Sequence[float], shares: Sequence[float], mode: str) -> float:
+    """All-top-tier cost divided by this routing's cost (12.3 means 12.3x cheaper)."""
+    cost = cascade_cost(costs, shares) if mode == "cascade" else upfront_cost(costs, shares)
+    return costs[-1] / cost if cost > 0 else float("inf")
+
+
+def kept_small_shares(n_tiers: int, kept: float) -> list[float]:
+    """A share `kept` stays on the first tier; the rest reaches the top tier."""
+    return [kept] + [0.0] * (n_tiers - 2) + [1.0 - kept]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`tierserve plan -f modeltier.yaml [--kept 1 0.9 0.75 0.5]`: cost per request vs all-top."""
+    parser = argparse.ArgumentParser(prog="tierserve plan", description=main.__doc__)
+    parser.add_argument("-f", "--filename", required=True)
+    parser.add_argument("--kept", type=float, nargs="+", default=[1.0, 0.9, 0.75, 0.5, 0.25])
+    args = parser.parse_args(argv)
+    doc = yaml.safe_load(Path(args.filename).read_text())
+    spec = ModelTierSpec.model_validate(doc["spec"])
+    if len(spec.tiers) < 2:
+        sys.exit("plan needs at least two tiers")
+    costs = tier_costs(spec)
+    names = [t.name for t in spec.tiers]
+    print(f"tiers: {', '.join(f'{n} ({c:g}/h)' for n, c in zip(names, costs, strict=True))}")
+    print(f"top tier is {costs[-1] / costs[0]:.1f}x the cost of the first\n")
+    head = f"{'kept on ' + names[0]:>16}  {'upfront':>9}  {'cascade':>9}"
+    print(f"{head}   (x cheaper than all-{names[-1]})")
+    for kept in args.kept:
+        shares = kept_small_shares(len(costs), kept)
+        up, cas = reduction(costs, shares, "upfront"), reduction(costs, shares, "cascade")
+        print(f"{kept:>15.0%}  {up:>8.2f}x  {cas:>8.2f}x")
