@@ -55,28 +55,32 @@ class ServeREST:
             if app.get("deployed_app_config")
         }
 
-    def apply(self, app: dict[str, Any], http_options: dict[str, Any] | None = None) -> str:
+    def apply(self, app: dict[str, Any]) -> str:
         """Deploys `app` unless the cluster already runs exactly that config."""
-        configs = self.deployed_configs(self.status())
+        status = self.status()
+        configs = self.deployed_configs(status)
         if covers(app, configs.get(app["name"])):
             return "unchanged"
         action = "updated" if app["name"] in configs else "created"
         configs[app["name"]] = app
-        self._put(configs, http_options)
+        self._put(status, configs)
         return action
 
     def remove(self, name: str) -> bool:
-        configs = self.deployed_configs(self.status())
+        status = self.status()
+        configs = self.deployed_configs(status)
         if name not in configs:
             return False
         del configs[name]
-        self._put(configs, None)
+        self._put(status, configs)
         return True
 
-    def _put(self, configs: dict[str, dict[str, Any]], http_options: dict[str, Any] | None) -> None:
+    def _put(self, status: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
+        """PUT the whole config, keeping the cluster's HTTP settings (they are not ours)."""
         body: dict[str, Any] = {"applications": list(configs.values())}
-        if http_options:
-            body["http_options"] = http_options
+        for key in ("http_options", "proxy_location"):
+            if status.get(key):
+                body[key] = status[key]
         self._call("PUT", body)
 
 

@@ -91,7 +91,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
             assert mt.spec.ray.dashboard_url  # admission (CEL) guarantees it
             serve = external.ServeREST(mt.spec.ray.dashboard_url)
             app = render.serve_application(mt, threshold=threshold)
-            action = serve.apply(app, http_options=None)
+            action = serve.apply(app)
             seen = external.observe(serve.status(), application)
     except external.DashboardError as exc:
         seen = Observation(error_reason=exc.reason, error_message=str(exc))

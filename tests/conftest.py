@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.controlplane",
     "tests.fixtures.ray",
     "tests.fixtures.prometheus",
+    "tests.fixtures.operator",
 ]

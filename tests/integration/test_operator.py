@@ -8,75 +8,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tierserve.api.crd import CRD_FILE
+from tests.fixtures.operator import start_operator
 from tierserve.testing.controlplane import ControlPlaneInfo
-from tierserve.testing.proc import Process, free_port, logs_dir, start, wait_until
+from tierserve.testing.proc import Process
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="session")
-def modeltier_crd(kubectl: Run, kuberay_crds: list[Path]) -> None:
-    kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "crd/modeltiers.tierserve.io", "--timeout=60s")
-
-
-@pytest.fixture
-def operator(
-    control_plane: ControlPlaneInfo, namespace: str, modeltier_crd: None
-) -> Iterator[Process]:
-    proc = _start_operator(control_plane, namespace)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _start_operator(control_plane: ControlPlaneInfo, namespace: str) -> Process:
-    health = free_port()
-    log = logs_dir() / f"operator-{namespace}.log"
-    proc = start(
-        "operator",
-        [
-            sys.executable,
-            "-m",
-            "tierserve.cli",
-            "operator",
-            "-n",
-            namespace,
-            "--standalone",
-            "--metrics-port",
-            "0",
-            "--health",
-            f"http://127.0.0.1:{health}/healthz",
-        ],
-        log=log,
-        env={**control_plane.env(), "TIERSERVE_RESYNC_SECONDS": "1"},
-    )
-    import httpx
-
-    wait_until(
-        lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-        timeout=60,
-        component="operator",
-        what="healthy",
-        log=log,
-        proc=proc.popen,
-    )
-    return proc
 
 
 def get(kubectl: Run, kind: str, name: str, ns: str) -> dict[str, Any] | None:
@@ -203,7 +151,7 @@ def test_deleting_the_modeltier_removes_what_it_created(
 def test_operator_restart_makes_no_duplicates_and_no_writes(
     control_plane: ControlPlaneInfo, kubectl: Run, namespace: str, modeltier_crd: None
 ) -> None:
-    first = _start_operator(control_plane, namespace)
+    first = start_operator(control_plane, namespace)
     try:
         kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "support-assistant.yaml"))
         eventually(
@@ -218,7 +166,7 @@ def test_operator_restart_makes_no_duplicates_and_no_writes(
     before_mt = get(kubectl, "mt", "support-assistant", namespace)
     before_rs = get(kubectl, "rayservice", "support-assistant", namespace)
     assert before_mt and before_rs
-    second = _start_operator(control_plane, namespace)
+    second = start_operator(control_plane, namespace)
     try:
         time.sleep(6)  # resume + several 1 s resyncs
     finally:

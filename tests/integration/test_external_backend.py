@@ -1,0 +1,187 @@
+"""The external backend end to end: a ModelTier applied with kubectl becomes a running Serve
+application on a real Ray head (two generated tiny models through vLLM on CPU plus the router),
+which answers OpenAI-style requests; deleting the ModelTier removes the application.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.fixtures.operator import start_operator
+from tierserve.testing.controlplane import ControlPlaneInfo
+from tierserve.testing.proc import free_port
+from tierserve.testing.ray_local import RayHead
+from tierserve.testing.tinymodels import TinyModels
+
+pytestmark = pytest.mark.integration
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+CPU_ENGINE = {
+    "enforce_eager": True,
+    "dtype": "float32",
+    "max_model_len": 256,
+    "gpu_memory_utilization": 0.2,
+}
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+
+def modeltier(name: str, dashboard: str, models: dict[str, str], route: str) -> dict[str, Any]:
+    def tier(tier_name: str, cost: float) -> dict[str, Any]:
+        return {
+            "name": tier_name,
+            "model": {"source": models[tier_name]},
+            "gpusPerReplica": 0,
+            "engineArgs": CPU_ENGINE,
+            "env": CPU_ENV,
+            "costPerHour": cost,
+        }
+
+    return {
+        "apiVersion": "tierserve.io/v1alpha1",
+        "kind": "ModelTier",
+        "metadata": {"name": name},
+        "spec": {
+            "tiers": [tier("small", 0.1), tier("large", 1.23)],
+            "routing": {"mode": "cascade", "escalation": {"threshold": 0.5}},
+            "ray": {"backend": "external", "dashboardURL": dashboard, "routePrefix": route},
+        },
+    }
+
+
+def mt_status(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
+    out = kubectl("get", "mt", name, "-n", ns, "-o", "json")
+    return dict(json.loads(out.stdout).get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start_serve_on_loopback(head: RayHead) -> None:
+    """Serve's HTTP proxy belongs to the cluster, not to a ModelTier: bind it to loopback first."""
+    code = (
+        "import ray; from ray import serve; "
+        f"ray.init(address='{head.gcs_address}', logging_level='ERROR'); "
+        f"serve.start(http_options={{'host': '127.0.0.1', 'port': {head.serve_http_port}}})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=180, capture_output=True)
+
+
+def test_external_modeltier_serves_requests_and_is_removed_on_delete(
+    control_plane: ControlPlaneInfo,
+    kubectl: Run,
+    namespace: str,
+    modeltier_crd: None,
+    ray_head: RayHead,
+    tiny_models: TinyModels,
+) -> None:
+    start_serve_on_loopback(ray_head)
+    operator = start_operator(control_plane, namespace, resync=2.0)
+    app_name = f"{namespace}-tiny-sums"
+    apps_url = f"{ray_head.dashboard_url}/api/serve/applications/"
+    try:
+        paths = {"small": str(tiny_models.small), "large": str(tiny_models.large)}
+        doc = modeltier("tiny-sums", ray_head.dashboard_url, paths, "/tiny-sums")
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+        def ready() -> dict[str, Any] | None:
+            status = mt_status(kubectl, "tiny-sums", namespace)
+            assert condition(status, "Degraded").get("status") != "True", status
+            return status if condition(status, "Ready").get("status") == "True" else None
+
+        status = wait_for(ready, "the ModelTier to be Ready", timeout=900)
+        assert status["ready"] == "2/2"
+        assert [t["name"] for t in status["tiers"]] == ["small", "large"]
+        assert all(t["ready"] for t in status["tiers"])
+
+        base = f"{ray_head.serve_url}/tiny-sums/v1"
+        models = httpx.get(f"{base}/models", timeout=30).json()
+        assert {m["id"] for m in models["data"]} >= {"tiny-sums", "tiny-sums:large"}
+
+        r = httpx.post(
+            f"{base}/completions",
+            json={"model": "tiny-sums", "prompt": "12+34=", "max_tokens": 4, "temperature": 0},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["text"]
+        assert body["tierserve"]["tier"] in ("small", "large")
+        assert r.headers["x-tierserve-tier"] == body["tierserve"]["tier"]
+
+        pinned = httpx.post(
+            f"{base}/chat/completions",
+            json={
+                "model": "tiny-sums:large",
+                "messages": [{"role": "user", "content": "12+34="}],
+                "max_tokens": 4,
+                "temperature": 0,
+            },
+            timeout=120,
+        )
+        assert pinned.status_code == 200, pinned.text
+        assert pinned.json()["tierserve"] == {
+            "tier": "large",
+            "escalated": False,
+            "confidence": None,
+            "reason": "pinned",
+        }
+
+        bad = httpx.post(
+            f"{base}/completions", json={"model": "tiny-sums:huge", "prompt": "1"}, timeout=30
+        )
+        assert bad.status_code == 404
+        assert bad.json()["error"]["param"] == "model"
+
+        kubectl("delete", "mt", "tiny-sums", "-n", namespace, "--timeout=120s")
+        wait_for(
+            lambda: (
+                app_name not in (httpx.get(apps_url, timeout=10).json().get("applications") or {})
+            ),
+            "the Serve application to be removed",
+            timeout=120,
+        )
+    finally:
+        operator.stop()
+
+
+def test_unreachable_dashboard_is_degraded_not_a_crash(
+    control_plane: ControlPlaneInfo, kubectl: Run, namespace: str, modeltier_crd: None
+) -> None:
+    operator = start_operator(control_plane, namespace, resync=1.0)
+    try:
+        closed = f"http://127.0.0.1:{free_port()}"
+        doc = modeltier("nowhere", closed, {"small": "/m/s", "large": "/m/l"}, "/nowhere")
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+        def degraded() -> dict[str, Any] | None:
+            cond = condition(mt_status(kubectl, "nowhere", namespace), "Degraded")
+            return cond if cond.get("status") == "True" else None
+
+        cond = wait_for(degraded, "a Degraded condition", timeout=60)
+        assert cond["reason"] == "DashboardUnreachable"
+        assert closed in cond["message"]
+        events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+        assert "DashboardUnreachable" in events
+        assert operator.alive()
+    finally:
+        operator.stop()
