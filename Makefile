@@ -42,7 +42,7 @@ system:
 	@scripts/install-system.sh
 
 binaries: venv system
-	@$(BIN)/python -m tierserve.testing.controlplane build
+	@$(BIN)/python -m tierserve.testing.controlplane build --kuberay
 
 models: venv
 	@$(BIN)/python -m tierserve.testing.tinymodels

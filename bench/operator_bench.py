@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -62,10 +63,25 @@ def main() -> None:
         import subprocess
 
         def k(*a: str) -> None:
-            subprocess.run([str(kubectl), *a], env={**env}, check=True, capture_output=True)
+            subprocess.run(
+                [str(kubectl), *a], env={**os.environ, **env}, check=True, capture_output=True
+            )
 
         k("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))
-        k("wait", "--for=condition=Established", "crd/modeltiers.tierserve.io", "--timeout=60s")
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    [str(kubectl), "get", "modeltiers", "-A"],
+                    env={**os.environ, **env},
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            timeout=60,
+            component="ModelTier CRD",
+            what="served",
+            log=None,
+        )
         k("create", "namespace", NS)
         api_client = config.new_client_from_config(config_file=str(info.kubeconfig))
         custom = client.CustomObjectsApi(api_client)

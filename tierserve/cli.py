@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.parse_args(args or ["--help"])
         return
     module = importlib.import_module(COMMANDS[args[0]][0])
-    module.main(args[1:])
+    sys.exit(module.main(args[1:]))
 
 
 if __name__ == "__main__":
