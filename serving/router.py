@@ -1,14 +1,18 @@
 """The router ingress: OpenAI-compatible HTTP in front of the tiers' vLLM deployments.
 
-A thin shell: the decisions are `tierserve.serving.routing`'s pure functions, the replicas and
-their request routing are `ray.serve.llm`'s LLMServer deployments behind Serve handles. The
-thresholds arrive in `user_config`, so `reconfigure` changes them without restarting anything.
+A thin shell: decisions are `tierserve.serving.routing`'s pure functions; the replicas and
+request routing among them are `ray.serve.llm`'s LLMServer deployments behind Serve handles.
+The thresholds arrive in `user_config`, so `reconfigure` changes them without restarting
+anything and without touching requests in flight (each request reads the config once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +23,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from tierserve.serving import routing
-from tierserve.serving.routing import RouterConfig, RoutingError
+from tierserve.serving.metrics import RouterMetrics
+from tierserve.serving.routing import CircuitBreaker, Plan, RouterConfig, RoutingError
 
 logger = logging.getLogger("tierserve.router")
 api = FastAPI(title="tierserve router")
+DONE = "[DONE]"
 
 
 def openai_error(
@@ -48,29 +54,41 @@ class Answer:
 
 
 def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump(mode="json", exclude_none=True) if hasattr(obj, "model_dump") else obj
+    if hasattr(obj, "model_dump"):
+        return dict(obj.model_dump(mode="json", exclude_none=True))
+    return dict(obj)
 
 
-def token_logprobs(body: dict[str, Any], chat: bool) -> list[float | None]:
-    choice = (body.get("choices") or [{}])[0]
-    logprobs = choice.get("logprobs") or {}
-    if chat:
-        return [t.get("logprob") for t in logprobs.get("content") or []]
-    return list(logprobs.get("token_logprobs") or [])
+def _sse(item: Any) -> list[str]:
+    """LLMServer streams lists of `data: {...}` strings; split them into JSON payloads."""
+    pieces = item if isinstance(item, list) else [item]
+    out = []
+    for piece in pieces:
+        if not isinstance(piece, str):
+            out.append(json.dumps(_dump(piece)))
+            continue
+        for line in piece.splitlines():
+            if line.startswith("data: "):
+                out.append(line[len("data: ") :])
+    return out
 
 
-@serve.deployment(name="Router", max_ongoing_requests=256)
+@serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Router:
     def __init__(self, model_tier: str, tiers: list[tuple[str, DeploymentHandle]]):
         self.model_tier = model_tier
         self.handles = {name: handle.options(stream=True) for name, handle in tiers}
+        self.breakers = {name: CircuitBreaker() for name, _ in tiers}
+        self.metrics = RouterMetrics(model_tier)
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.config = RouterConfig.from_user_config(
             {"modelTier": model_tier, "tiers": [{"name": n} for n, _ in tiers], "mode": "none"}
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = RouterConfig.from_user_config(user_config)
+        self.metrics.threshold(self.config.threshold)
         logger.info("router config: mode=%s threshold=%s", self.config.mode, self.config.threshold)
 
     @api.get("/healthz")
@@ -93,6 +111,8 @@ class Router:
     async def chat(self, request: Request) -> Response:
         return await self._handle(request, chat=True)
 
+    # -- request handling ------------------------------------------------------------------
+
     async def _handle(self, request: Request, chat: bool) -> Response:
         try:
             body = await request.json()
@@ -103,24 +123,21 @@ class Router:
         field = "messages" if chat else "prompt"
         if field not in body:
             return openai_error(400, f"missing required field {field!r}", field)
-        cfg = self.config
+        cfg = self.config  # one config per request, even if reconfigure() runs meanwhile
+        started = time.perf_counter()
         try:
             pinned = routing.resolve_model(cfg, body.get("model"))
         except RoutingError as exc:
             return openai_error(exc.status, str(exc), exc.param, "model_not_found")
         forced = routing.forced_rule(cfg, routing.prompt_text(body)) if pinned is None else None
-        if pinned is not None:
-            start, reason, cascade = pinned, "pinned", False
-        elif forced:
-            start, reason, cascade = len(cfg.tiers) - 1, f"forced:{forced}", False
-        elif cfg.mode == "none":
-            start, reason, cascade = 0, "first-tier", False
-        else:
-            start, reason, cascade = 0, "cascade", True
-        if body.get("stream"):
-            return await self._stream(body, chat, start, reason)
+        plan = routing.plan_request(cfg, pinned, forced)
+        self.metrics.decision(time.perf_counter() - started)
+        if forced:
+            self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
         try:
-            answer = await self._answer(body, chat, start, reason, cascade)
+            if body.get("stream"):
+                return await self._stream(cfg, body, chat, plan)
+            answer = await self._answer(cfg, body, chat, plan)
         except TierUnavailable as exc:
             return openai_error(503, str(exc))
         except RoutingError as exc:
@@ -133,6 +150,7 @@ class Router:
             "confidence": answer.confidence,
             "reason": answer.reason,
         }
+        self._maybe_shadow(cfg, body, chat, answer)
         return JSONResponse(out, headers=self._headers(answer))
 
     @staticmethod
@@ -147,110 +165,236 @@ class Router:
         return headers
 
     async def _answer(
-        self, body: dict[str, Any], chat: bool, start: int, reason: str, cascade: bool
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, plan: Plan
     ) -> Answer:
-        cfg = self.config
+        """Non-streaming: each rung answers in full; its confidence decides the next step."""
         wants_logprobs = bool(body.get("logprobs"))
-        index, escalated, score = start, False, None
+        index, escalated, score, reason = plan.start, False, None, plan.reason
         while True:
-            top = index == len(cfg.tiers) - 1
-            ask_logprobs = cascade and not top
-            result = await self._call_with_fallback(body, chat, index, ask_logprobs)
-            tier_index, response = result
-            if not ask_logprobs or tier_index != index:
+            climb = plan.cascade and index < len(cfg.tiers) - 1
+            tier_index, response = await self._call_with_fallback(cfg, body, chat, index, climb)
+            if not climb or tier_index != index:
                 break
-            score = routing.confidence(token_logprobs(response, chat), cfg.confidence)
+            score = routing.confidence(
+                routing.stream_chunk_logprobs(response, chat), cfg.confidence
+            )
+            self.metrics.confidence(cfg.tiers[index].name, score)
             if not routing.should_escalate(1.0 - score, cfg.threshold):
                 break
+            self.metrics.escalation(
+                cfg.tiers[index].name, cfg.tiers[index + 1].name, "low-confidence"
+            )
             index, escalated, reason = index + 1, True, "low-confidence"
         if not wants_logprobs:
             for choice in response.get("choices") or []:
                 choice.pop("logprobs", None)
+        usage = response.get("usage") or {}
+        self.metrics.answered(cfg.tiers[tier_index].name, cfg.mode, usage)
         return Answer(response, cfg.tiers[tier_index].name, escalated, score, reason)
 
     async def _call_with_fallback(
-        self, body: dict[str, Any], chat: bool, index: int, logprobs: bool
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, index: int, logprobs: bool
     ) -> tuple[int, dict[str, Any]]:
-        """Calls tier `index`; a tier that errors or is gone is skipped up (or down) the ladder."""
-        order = self._fallback_order(index)
+        """Calls tier `index`; a tier that errors, times out or is broken is skipped."""
         last = ""
-        for i in order:
+        for i in routing.fallback_order(len(cfg.tiers), index, cfg.fallback):
+            tier = cfg.tiers[i]
+            breaker = self.breakers.setdefault(tier.name, CircuitBreaker())
+            if not breaker.available(time.monotonic()):
+                last = f"tier {tier.name} is cooling down after repeated failures"
+                continue
             try:
-                return i, await self._call(body, chat, i, logprobs)
+                result = await asyncio.wait_for(
+                    self._call(cfg, body, chat, i, logprobs and i == index),
+                    timeout=cfg.request_timeout_seconds,
+                )
             except RoutingError:
                 raise
-            except Exception as exc:  # a replica died, timed out or is unavailable
-                last = f"tier {self.config.tiers[i].name} failed: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # replica died, timed out, or tier unavailable
+                breaker.record(False, time.monotonic())
+                last = f"tier {tier.name} failed: {type(exc).__name__}: {exc}"[:300]
                 logger.warning(last)
+                continue
+            breaker.record(True, time.monotonic())
+            if i != index:
+                self.metrics.fallback(cfg.tiers[index].name, tier.name, "error")
+            return i, result
         raise TierUnavailable(f"no tier could answer; {last}")
 
-    def _fallback_order(self, index: int) -> list[int]:
-        n, fallback = len(self.config.tiers), self.config.fallback
-        if fallback == "nextTier":
-            return [index, *range(index + 1, n)]
-        if fallback == "previousTier":
-            return [index, *range(index - 1, -1, -1)]
-        return [index]
-
-    async def _call(
-        self, body: dict[str, Any], chat: bool, index: int, logprobs: bool
-    ) -> dict[str, Any]:
+    def _request(
+        self,
+        cfg: RouterConfig,
+        body: dict[str, Any],
+        chat: bool,
+        index: int,
+        logprobs: bool,
+        stream: bool,
+    ) -> Any:
         from ray.llm._internal.serve.core.configs.openai_api_models import (
             ChatCompletionRequest,
             CompletionRequest,
         )
 
-        tier = self.config.tiers[index]
-        payload = {**body, "model": tier.model_id, "stream": False}
+        payload = {**body, "model": cfg.tiers[index].model_id, "stream": stream}
         if logprobs:
-            if chat:
-                payload["logprobs"] = True
-            else:
-                payload["logprobs"] = max(int(body.get("logprobs") or 0), 1)
+            payload["logprobs"] = True if chat else max(int(body.get("logprobs") or 0), 1)
         try:
-            req = ChatCompletionRequest(**payload) if chat else CompletionRequest(**payload)
+            return ChatCompletionRequest(**payload) if chat else CompletionRequest(**payload)
         except Exception as exc:  # pydantic validation of the OpenAI request
-            raise RoutingError(f"invalid request: {exc}".splitlines()[0], "body") from exc
-        handle = self.handles[tier.name]
+            first = str(exc).splitlines()
+            detail = " ".join(first[:2]) if first else type(exc).__name__
+            raise RoutingError(f"invalid request: {detail}", "body") from exc
+
+    def _generator(self, cfg: RouterConfig, index: int, chat: bool, req: Any) -> Any:
+        handle = self.handles[cfg.tiers[index].name]
         method = handle.chat if chat else handle.completions
         stream: DeploymentResponseGenerator[Any] = method.remote(req, None)  # type: ignore[assignment]
-        async for item in stream:
-            data = _dump(item)
-            if "error" in data:
-                err = data["error"]
-                code = int(err.get("code") or 500)
-                if code < 500:
-                    raise RoutingError(str(err.get("message")), str(err.get("param") or ""), code)
-                raise RuntimeError(err.get("message"))
-            return data
+        return stream
+
+    async def _call(
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, index: int, logprobs: bool
+    ) -> dict[str, Any]:
+        req = self._request(cfg, body, chat, index, logprobs, stream=False)
+        tier = cfg.tiers[index]
+        started = time.perf_counter()
+        with self.metrics.in_flight(tier.name):
+            try:
+                async for item in self._generator(cfg, index, chat, req):
+                    data = _dump(item)
+                    if "error" in data:
+                        err = data["error"]
+                        code = int(err.get("code") or 500)
+                        if code < 500:
+                            param = str(err.get("param") or "")
+                            raise RoutingError(str(err.get("message")), param, code)
+                        raise RuntimeError(err.get("message"))
+                    return data
+            finally:
+                self.metrics.gpu_seconds(tier.name, tier.gpus, time.perf_counter() - started)
         raise RuntimeError("tier returned no response")
 
-    async def _stream(self, body: dict[str, Any], chat: bool, index: int, reason: str) -> Response:
-        from ray.llm._internal.serve.core.configs.openai_api_models import (
-            ChatCompletionRequest,
-            CompletionRequest,
+    # -- streaming ---------------------------------------------------------------------------
+
+    async def _stream(
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, plan: Plan
+    ) -> Response:
+        """Streams from the first rung that is confident after its first k tokens.
+
+        A lower rung's first `earlyDecisionTokens` tokens are held back; if they are not
+        confident enough the stream is dropped and the next rung starts, so an escalated
+        stream starts quickly and the client never sees the abandoned tokens.
+        """
+        wants_logprobs = bool(body.get("logprobs"))
+        index, escalated, reason, score = plan.start, False, plan.reason, None
+        while True:
+            climb = plan.cascade and index < len(cfg.tiers) - 1
+            req = self._request(cfg, body, chat, index, logprobs=climb, stream=True)
+            gen = self._generator(cfg, index, chat, req).__aiter__()
+            held: list[str] = []
+            tokens: list[float | None] = []
+            finished = False
+            try:
+                while not climb or len(tokens) < cfg.early_decision_tokens:
+                    try:
+                        item = await asyncio.wait_for(
+                            gen.__anext__(), timeout=cfg.request_timeout_seconds
+                        )
+                    except StopAsyncIteration:
+                        finished = True
+                        break
+                    for payload in _sse(item):
+                        held.append(payload)
+                        if payload.strip() != DONE:
+                            tokens.extend(routing.stream_chunk_logprobs(json.loads(payload), chat))
+                    if not climb:
+                        break
+            except Exception as exc:
+                if index + 1 < len(cfg.tiers) and cfg.fallback == "nextTier":
+                    self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[index + 1].name, "error")
+                    logger.warning("stream from %s failed: %s", cfg.tiers[index].name, exc)
+                    index += 1
+                    continue
+                raise TierUnavailable(f"tier {cfg.tiers[index].name} failed: {exc}") from exc
+            if climb:
+                score = routing.confidence(tokens, cfg.confidence)
+                self.metrics.confidence(cfg.tiers[index].name, score)
+                if routing.should_escalate(1.0 - score, cfg.threshold):
+                    self.metrics.escalation(
+                        cfg.tiers[index].name, cfg.tiers[index + 1].name, "low-confidence"
+                    )
+                    await _close(gen)
+                    index, escalated, reason = index + 1, True, "low-confidence"
+                    continue
+            break
+
+        tier = cfg.tiers[index]
+        answer = Answer({}, tier.name, escalated, score, reason)
+        metrics = self.metrics
+
+        async def events() -> AsyncIterator[str]:
+            with metrics.in_flight(tier.name):
+                for payload in held:
+                    yield _event(payload, wants_logprobs)
+                if not finished:
+                    async for item in gen:
+                        for payload in _sse(item):
+                            yield _event(payload, wants_logprobs)
+                metrics.answered(tier.name, cfg.mode, {})
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers=self._headers(answer)
         )
 
-        tier = self.config.tiers[index]
-        payload = {**body, "model": tier.model_id}
+    # -- shadow evaluation -------------------------------------------------------------------
+
+    def _maybe_shadow(
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, answer: Answer
+    ) -> None:
+        """A sample of lower-tier answers is re-asked of the top tier, off the request path."""
+        top = len(cfg.tiers) - 1
+        if cfg.shadow_sample_rate <= 0 or answer.tier == cfg.tiers[top].name:
+            return
+        if random.random() >= cfg.shadow_sample_rate:
+            return
+        task = asyncio.create_task(self._shadow(cfg, body, chat, answer))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _shadow(
+        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, answer: Answer
+    ) -> None:
+        top = len(cfg.tiers) - 1
         try:
-            req = ChatCompletionRequest(**payload) if chat else CompletionRequest(**payload)
-        except Exception as exc:
-            return openai_error(400, f"invalid request: {exc}".splitlines()[0], "body")
-        handle = self.handles[tier.name]
-        method = handle.chat if chat else handle.completions
+            reference = await asyncio.wait_for(
+                self._call(cfg, body, chat, top, logprobs=False),
+                timeout=cfg.request_timeout_seconds,
+            )
+        except Exception as exc:  # shadow traffic never affects users
+            logger.info("shadow request failed: %s", exc)
+            return
+        agreed = routing.normalise_answer(routing.answer_text(reference, chat)) == (
+            routing.normalise_answer(routing.answer_text(answer.body, chat))
+        )
+        self.metrics.shadow(answer.tier, agreed)
 
-        async def chunks() -> AsyncIterator[str]:
-            stream: DeploymentResponseGenerator[Any] = method.remote(req, None)  # type: ignore[assignment]
-            async for item in stream:
-                for piece in item if isinstance(item, list) else [item]:
-                    yield (
-                        piece if isinstance(piece, str) else f"data: {json.dumps(_dump(piece))}\n\n"
-                    )
 
-        headers = {
-            "x-tierserve-tier": tier.name,
-            "x-tierserve-escalated": "false",
-            "x-tierserve-reason": reason,
-        }
-        return StreamingResponse(chunks(), media_type="text/event-stream", headers=headers)
+def _event(payload: str, keep_logprobs: bool) -> str:
+    if payload.strip() == DONE or keep_logprobs:
+        return f"data: {payload}\n\n"
+    data = json.loads(payload)
+    for choice in data.get("choices") or []:
+        choice.pop("logprobs", None)
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def _close(gen: Any) -> None:
+    """Stops an abandoned stream so the lower tier stops generating for nobody."""
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception as exc:  # the stream may already be finished or broken
+            logger.debug("closing abandoned stream: %s", exc)
+    cancel = getattr(gen, "cancel", None)
+    if cancel is not None:
+        cancel()

@@ -20,6 +20,7 @@ TIER_SEPARATOR = ":"
 class TierRef:
     name: str
     model_id: str
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,17 @@ class RouterConfig:
     fallback: str = "nextTier"
     request_timeout_seconds: float = 60.0
     force_rules: tuple[ForceRule, ...] = field(default_factory=tuple)
+    shadow_sample_rate: float = 0.0
 
     @classmethod
     def from_user_config(cls, cfg: dict[str, Any]) -> RouterConfig:
         cascade = cfg.get("cascade") or {}
         return cls(
             model_tier=str(cfg["modelTier"]),
-            tiers=tuple(TierRef(t["name"], t.get("modelId") or t["name"]) for t in cfg["tiers"]),
+            tiers=tuple(
+                TierRef(t["name"], t.get("modelId") or t["name"], int(t.get("gpus") or 0))
+                for t in cfg["tiers"]
+            ),
             mode=str(cfg.get("mode", "cascade")),
             threshold=float(cfg.get("threshold", 0.5)),
             confidence=str(cascade.get("confidence", "minTokenProb")),
@@ -55,6 +60,7 @@ class RouterConfig:
             fallback=str(cfg.get("fallback", "nextTier")),
             request_timeout_seconds=float(cfg.get("requestTimeoutSeconds", 60.0)),
             force_rules=tuple(compile_rule(r) for r in cfg.get("forceTopTier") or []),
+            shadow_sample_rate=float((cfg.get("shadow") or {}).get("sampleRate", 0.0)),
         )
 
     def index(self, tier: str) -> int | None:
@@ -62,6 +68,26 @@ class RouterConfig:
             if ref.name == tier:
                 return i
         return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a request starts and whether it may climb: decided before any generation."""
+
+    start: int
+    reason: str
+    cascade: bool
+
+
+def plan_request(cfg: RouterConfig, pinned: int | None, forced: str | None) -> Plan:
+    top = len(cfg.tiers) - 1
+    if pinned is not None:
+        return Plan(pinned, "pinned", False)
+    if forced:
+        return Plan(top, f"forced:{forced}", False)
+    if cfg.mode == "none" or top == 0:
+        return Plan(0, "first-tier", False)
+    return Plan(0, "cascade", True)
 
 
 def compile_rule(rule: dict[str, Any]) -> ForceRule:
@@ -142,3 +168,65 @@ def prompt_text(body: dict[str, Any]) -> str:
         return "\n".join(parts)
     prompt = body.get("prompt", "")
     return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+@dataclass
+class CircuitBreaker:
+    """Per-tier breaker: after `failures` consecutive errors a tier is skipped for `cooldown`
+    seconds, then one request is let through to probe it (half-open). `now` is injected, so the
+    rule is a pure function of the calls made."""
+
+    failures: int = 3
+    cooldown: float = 30.0
+    _consecutive: int = 0
+    _open_until: float = 0.0
+
+    def available(self, now: float) -> bool:
+        return now >= self._open_until
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self._consecutive, self._open_until = 0, 0.0
+            return
+        self._consecutive += 1
+        if self._consecutive >= self.failures:
+            self._open_until = now + self.cooldown
+            self._consecutive = self.failures - 1  # one more failure after a probe re-opens it
+
+    @property
+    def open(self) -> bool:
+        return self._open_until > 0.0
+
+
+def fallback_order(n_tiers: int, index: int, fallback: str) -> list[int]:
+    """Tiers to try, in order, when tier `index` cannot answer."""
+    if fallback == "nextTier":
+        return [index, *range(index + 1, n_tiers)]
+    if fallback == "previousTier":
+        return [index, *range(index - 1, -1, -1)]
+    return [index]
+
+
+def normalise_answer(text: str) -> str:
+    """What shadow evaluation compares: the answer's words, case and spacing folded."""
+    return " ".join(text.lower().split())
+
+
+def stream_chunk_logprobs(chunk: dict[str, Any], chat: bool) -> list[float | None]:
+    """Token logprobs carried by one streamed (or whole) OpenAI response."""
+    out: list[float | None] = []
+    for choice in chunk.get("choices") or []:
+        logprobs = choice.get("logprobs") or {}
+        if chat:
+            out.extend(t.get("logprob") for t in logprobs.get("content") or [])
+        else:
+            out.extend(logprobs.get("token_logprobs") or [])
+    return out
+
+
+def answer_text(body: dict[str, Any], chat: bool) -> str:
+    choice = (body.get("choices") or [{}])[0]
+    if chat:
+        message = choice.get("message") or choice.get("delta") or {}
+        return str(message.get("content") or "")
+    return str(choice.get("text") or "")

@@ -88,7 +88,10 @@ def router_user_config(spec: ModelTierSpec, name: str) -> dict[str, Any]:
     escalation = spec.routing.escalation
     return {
         "modelTier": name,
-        "tiers": [{"name": t.name, "modelId": t.model.id or t.name} for t in spec.tiers],
+        "tiers": [
+            {"name": t.name, "modelId": t.model.id or t.name, "gpus": t.gpus_per_replica}
+            for t in spec.tiers
+        ],
         "threshold": escalation.threshold,
         "bounds": escalation.bounds.model_dump(mode="json"),
         **routing,

@@ -64,3 +64,42 @@ def test_prompt_text_reads_prompts_and_chat_messages() -> None:
     assert routing.prompt_text({"prompt": "12+3="}) == "12+3="
     chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert routing.prompt_text(chat) == "hi"
+
+
+def test_plan_pins_forces_or_cascades() -> None:
+    c = cfg()
+    assert routing.plan_request(c, 1, None) == routing.Plan(1, "pinned", False)
+    assert routing.plan_request(c, None, "medical") == routing.Plan(1, "forced:medical", False)
+    assert routing.plan_request(c, None, None) == routing.Plan(0, "cascade", True)
+    assert routing.plan_request(cfg(mode="none"), None, None) == routing.Plan(
+        0, "first-tier", False
+    )
+
+
+def test_circuit_breaker_opens_after_repeated_failures_and_probes_after_cooldown() -> None:
+    b = routing.CircuitBreaker(failures=3, cooldown=30)
+    for t in (0, 1):
+        b.record(False, t)
+        assert b.available(t)
+    b.record(False, 2)
+    assert not b.available(3) and not b.available(31)
+    assert b.available(32)  # half-open: one probe
+    b.record(False, 32)  # the probe fails: open again at once
+    assert not b.available(33)
+    b.record(True, 70)
+    assert b.available(70) and not b.open
+
+
+def test_fallback_order_follows_the_configured_direction() -> None:
+    assert routing.fallback_order(3, 0, "nextTier") == [0, 1, 2]
+    assert routing.fallback_order(3, 2, "previousTier") == [2, 1, 0]
+    assert routing.fallback_order(3, 1, "none") == [1]
+
+
+def test_logprobs_are_read_from_completion_and_chat_chunks() -> None:
+    completion = {"choices": [{"text": "4", "logprobs": {"token_logprobs": [-0.1, -2.0]}}]}
+    chat = {"choices": [{"delta": {"content": "4"}, "logprobs": {"content": [{"logprob": -0.5}]}}]}
+    assert routing.stream_chunk_logprobs(completion, chat=False) == [-0.1, -2.0]
+    assert routing.stream_chunk_logprobs(chat, chat=True) == [-0.5]
+    assert routing.answer_text(chat, chat=True) == "4"
+    assert routing.normalise_answer("  The  Answer\n") == routing.normalise_answer("the answer")
