@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,12 +77,13 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
 
 def start_serve_on_loopback(head: RayHead) -> None:
     """Serve's HTTP proxy belongs to the cluster, not to a ModelTier: bind it to loopback first."""
-    code = (
-        "import ray; from ray import serve; "
-        f"ray.init(address='{head.gcs_address}', logging_level='ERROR'); "
-        f"serve.start(http_options={{'host': '127.0.0.1', 'port': {head.serve_http_port}}})"
+    http = {"host": "127.0.0.1", "port": head.serve_http_port}
+    r = httpx.put(
+        f"{head.dashboard_url}/api/serve/applications/",
+        json={"http_options": http, "applications": []},
+        timeout=120,
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=180, capture_output=True)
+    assert r.status_code == 200, r.text
 
 
 def test_external_modeltier_serves_requests_and_is_removed_on_delete(
