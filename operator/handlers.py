@@ -61,6 +61,38 @@ def live_threshold(mt: ModelTier, status: dict[str, Any]) -> float:
     )
 
 
+def apply_backend(mt: ModelTier, threshold: float) -> tuple[str, Observation, str]:
+    """Makes the backend run `mt` with `threshold`; returns (action, what it saw, app name).
+
+    Backend failures become an Observation with a reason, never an exception: they are
+    reported as a Degraded condition and retried on the next resync, not in a hot loop.
+    """
+    name, namespace = mt.metadata["name"], mt.metadata.get("namespace", "default")
+    action, seen = "unchanged", Observation()
+    kuberay_backend = mt.spec.ray.backend == "kuberay"
+    application = name if kuberay_backend else render.app_name(namespace, name)
+    try:
+        if mt.spec.ray.backend == "kuberay":
+            action, live = kuberay.KubeRay(client.CustomObjectsApi()).apply(
+                render.ray_service(mt, threshold=threshold)
+            )
+            seen = kuberay.observe(live, application)
+        else:
+            assert mt.spec.ray.dashboard_url  # admission (CEL) guarantees it
+            serve = external.ServeREST(mt.spec.ray.dashboard_url)
+            action = serve.apply(render.serve_application(mt, threshold=threshold))
+            seen = external.observe(serve.status(), application)
+    except external.DashboardError as exc:
+        seen = Observation(error_reason=exc.reason, error_message=str(exc))
+    except client.ApiException as exc:
+        reason = "RayServiceCRDMissing" if exc.status == 404 else "RayServiceRejected"
+        detail = _api_message(exc)
+        if exc.status == 404:
+            detail = "the RayService CRD (ray.io/v1) is not installed: install KubeRay"
+        seen = Observation(error_reason=reason, error_message=detail)
+    return action, seen, application
+
+
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.Logger) -> None:
     started = time.monotonic()
     meta, status = body.get("metadata", {}), dict(body.get("status") or {})
@@ -77,37 +109,13 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
         return
 
     threshold = live_threshold(mt, status)
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    action, seen = "unchanged", Observation()
-    try:
-        if mt.spec.ray.backend == "kuberay":
-            application = name
-            action, live = kuberay.KubeRay(client.CustomObjectsApi()).apply(
-                render.ray_service(mt, threshold=threshold)
-            )
-            seen = kuberay.observe(live, application)
-        else:
-            application = render.app_name(namespace, name)
-            assert mt.spec.ray.dashboard_url  # admission (CEL) guarantees it
-            serve = external.ServeREST(mt.spec.ray.dashboard_url)
-            app = render.serve_application(mt, threshold=threshold)
-            action = serve.apply(app)
-            seen = external.observe(serve.status(), application)
-    except external.DashboardError as exc:
-        seen = Observation(error_reason=exc.reason, error_message=str(exc))
-    except client.ApiException as exc:
-        reason = "RayServiceCRDMissing" if exc.status == 404 else "RayServiceRejected"
-        detail = _api_message(exc)
-        if exc.status == 404:
-            detail = "the RayService CRD (ray.io/v1) is not installed: install KubeRay"
-        seen = Observation(error_reason=reason, error_message=detail)
-
+    action, seen, application = apply_backend(mt, threshold)
     if action != "unchanged":
         kind = "RayService" if mt.spec.ray.backend == "kuberay" else "Serve application"
         kopf.info(body, reason=action.capitalize(), message=f"{action} {kind} {application}")
         logger.info("%s %s %s", action, kind, application)
-    if seen.error_reason:
-        kopf.warn(body, reason=seen.error_reason, message=seen.error_message)
+    if seen.error_reason and _degraded_reason(status) != seen.error_reason:
+        kopf.warn(body, reason=seen.error_reason, message=seen.error_message)  # once per cause
 
     desired = compute_status(
         mt,
@@ -123,6 +131,13 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
             patch.status[key] = value
     outcome = "error" if seen.error_reason else action
     metrics.observe_reconcile(outcome, time.monotonic() - started)
+
+
+def _degraded_reason(status: dict[str, Any]) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return str(cond.get("reason", ""))
+    return ""
 
 
 def _write_invalid(body: kopf.Body, patch: kopf.Patch, generation: int, message: str) -> None:

@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["TIERSERVE_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
     os.environ["TIERSERVE_OPERATOR_METRICS_ADDR"] = args.metrics_addr
 
+    import tierserve.operator.autoscale
     import tierserve.operator.handlers  # noqa: F401 - registers the handlers with Kopf
 
     asyncio.run(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "tierserve_operator_reconciles_total",
@@ -33,3 +34,45 @@ def start_server() -> None:
         return
     start_http_server(port, addr=os.environ.get("TIERSERVE_OPERATOR_METRICS_ADDR", "0.0.0.0"))
     _started = True
+
+
+THRESHOLD = Gauge(
+    "tierserve_operator_threshold", "The live escalation threshold.", ["namespace", "modeltier"]
+)
+DESIRED = Gauge(
+    "tierserve_operator_desired_threshold",
+    "The threshold the policy is heading for.",
+    ["namespace", "modeltier"],
+)
+SIGNAL = Gauge(
+    "tierserve_operator_signal",
+    "Signals the threshold policy last used.",
+    ["namespace", "modeltier", "signal"],
+)
+AVAILABLE = Gauge(
+    "tierserve_operator_metrics_available",
+    "1 when the autoscaler could read its signals from Prometheus.",
+    ["namespace", "modeltier"],
+)
+COST_REDUCTION = Gauge(
+    "tierserve_operator_modelled_cost_reduction",
+    "All-top-tier cost divided by the modelled cost at the realized escalation rate.",
+    ["namespace", "modeltier"],
+)
+
+
+def observe_threshold(
+    namespace: str,
+    name: str,
+    decision: Any,
+    signals: dict[str, float],
+    available: bool,
+    reduction: float | None,
+) -> None:
+    THRESHOLD.labels(namespace, name).set(decision.threshold)
+    DESIRED.labels(namespace, name).set(decision.desired)
+    AVAILABLE.labels(namespace, name).set(1 if available else 0)
+    for signal, value in signals.items():
+        SIGNAL.labels(namespace, name, signal).set(value)
+    if reduction is not None:
+        COST_REDUCTION.labels(namespace, name).set(reduction)

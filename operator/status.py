@@ -44,14 +44,24 @@ def condition(
 def merge_conditions(
     previous: list[dict[str, Any]], new: list[dict[str, Any]], now: str
 ) -> list[dict[str, Any]]:
-    """Keeps lastTransitionTime when a condition's status did not change, so no spurious writes."""
-    before = {c.get("type"): c for c in previous}
-    merged = []
-    for cond in new:
-        old = before.get(cond["type"])
+    """Puts `new` conditions in place of those of the same type, in a stable order.
+
+    A condition keeps its lastTransitionTime while its status holds, and conditions of other
+    types (MetricsAvailable, written by the threshold autoscaler) are kept, so two writers
+    never make each other's next write look like a change.
+    """
+    pending = {c["type"]: c for c in new}
+
+    def stamped(cond: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         keep = old is not None and old.get("status") == cond["status"]
         since = old.get("lastTransitionTime") if keep and old else now
-        merged.append({**cond, "lastTransitionTime": since})
+        return {**cond, "lastTransitionTime": since}
+
+    merged = []
+    for old in previous:
+        cond = pending.pop(old.get("type", ""), None)
+        merged.append(stamped(cond, old) if cond else old)
+    merged.extend(stamped(c, None) for c in new if c["type"] in pending)
     return merged
 
 

@@ -19,6 +19,7 @@ from tests.fixtures.operator import start_operator
 from tierserve.testing.controlplane import ControlPlaneInfo
 from tierserve.testing.proc import free_port
 from tierserve.testing.ray_local import RayHead
+from tierserve.testing.tiered import serve_on_loopback
 from tierserve.testing.tinymodels import TinyModels
 
 pytestmark = pytest.mark.integration
@@ -75,17 +76,6 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def start_serve_on_loopback(head: RayHead) -> None:
-    """Serve's HTTP proxy belongs to the cluster, not to a ModelTier: bind it to loopback first."""
-    http = {"host": "127.0.0.1", "port": head.serve_http_port}
-    r = httpx.put(
-        f"{head.dashboard_url}/api/serve/applications/",
-        json={"http_options": http, "applications": []},
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-
-
 def test_external_modeltier_serves_requests_and_is_removed_on_delete(
     control_plane: ControlPlaneInfo,
     kubectl: Run,
@@ -94,7 +84,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
     ray_head: RayHead,
     tiny_models: TinyModels,
 ) -> None:
-    start_serve_on_loopback(ray_head)
+    serve_on_loopback(ray_head.dashboard_url, ray_head.serve_http_port)
     operator = start_operator(control_plane, namespace, resync=2.0)
     app_name = f"{namespace}-tiny-sums"
     apps_url = f"{ray_head.dashboard_url}/api/serve/applications/"

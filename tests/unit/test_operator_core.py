@@ -106,3 +106,14 @@ def test_covers_ignores_defaults_but_sees_edits() -> None:
     live["spec"]["a"] = 2
     assert not covers(desired, live)
     assert not covers({"l": [1, 2]}, {"l": [1]})
+
+
+def test_two_writers_of_conditions_do_not_churn() -> None:
+    from tierserve.operator.status import condition, merge_conditions
+
+    first = status(Observation(app=healthy_app()), now="t1")
+    metrics = condition("MetricsAvailable", True, "SignalsRead", "ok", 3)
+    with_metrics = merge_conditions(first["conditions"], [metrics], "t2")
+    again = status(Observation(app=healthy_app()), previous={**first, "conditions": with_metrics})
+    assert again["conditions"] == with_metrics  # the reconcile keeps the autoscaler's condition
+    assert merge_conditions(with_metrics, [metrics], "t3") == with_metrics

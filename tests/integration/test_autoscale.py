@@ -1,0 +1,163 @@
+"""The threshold autoscaler against the real control plane and a real Prometheus.
+
+The signals come from a real Prometheus scraping a real exporter that publishes series under the
+router's metric names, with values the test sets (traffic of a chosen shape without generating
+it); the operator reads them through Prometheus's HTTP API like in production.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from tests.fixtures.operator import start_operator
+from tierserve.testing.controlplane import ControlPlaneInfo
+from tierserve.testing.proc import free_port
+from tierserve.testing.prometheus import Prometheus
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def manifest(prometheus_url: str, name: str = "support-assistant") -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "support-assistant.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["routing"]["escalation"] = {
+        "threshold": 0.6,
+        "bounds": {"min": 0.3, "max": 0.9},
+        "autoscale": {
+            "prometheusURL": prometheus_url,
+            "interval": "2s",
+            "maxEscalationRate": 0.25,
+            "frontierQueueTarget": 5,
+            "maxStep": 0.05,
+        },
+    }
+    return doc
+
+
+def get(kubectl: Run, kind: str, name: str, ns: str) -> dict[str, Any]:
+    """The object, or {} while it does not exist yet."""
+    out = kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def metrics_condition(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
+    status = get(kubectl, "mt", name, ns).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == "MetricsAvailable"), {})
+
+
+@pytest.fixture
+def operator_in(
+    control_plane: ControlPlaneInfo, namespace: str, modeltier_crd: None
+) -> Iterator[None]:
+    proc = start_operator(control_plane, namespace, resync=5.0)
+    try:
+        yield
+    finally:
+        proc.stop()
+
+
+def test_unreachable_prometheus_holds_the_threshold_and_says_why(
+    kubectl: Run, namespace: str, operator_in: None
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(url)))
+    cond = wait_for(
+        lambda: (
+            (c := metrics_condition(kubectl, "support-assistant", namespace)).get("status")
+            == "False"
+            and c
+        ),
+        "MetricsAvailable=False",
+    )
+    assert cond["reason"] == "SignalsUnavailable" and url in cond["message"]
+    live = get(kubectl, "mt", "support-assistant", namespace)
+    assert live["status"]["escalation"]["threshold"] == 0.6
+    assert live["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
+
+
+def test_signals_from_prometheus_move_the_threshold_within_bounds(
+    kubectl: Run, namespace: str, operator_in: None, prometheus: Prometheus
+) -> None:
+    registry = CollectorRegistry()
+    requests = Counter(
+        "ray_tierserve_requests",
+        "router requests",
+        ["modeltier", "tier", "mode", "outcome"],
+        registry=registry,
+    )
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    stop = time.monotonic() + 120
+
+    def traffic() -> None:  # 60% of requests reach the top tier: far over the 25% budget
+        requests.labels("support-assistant", "small", "cascade", "ok").inc(40)
+        requests.labels("support-assistant", "frontier", "cascade", "ok").inc(60)
+
+    try:
+        prometheus.set_targets({"router": [f"127.0.0.1:{port}"]})
+        traffic()
+        prometheus.wait_for_series('ray_tierserve_requests_total{modeltier="support-assistant"}')
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(prometheus.url)))
+        rayservice = wait_for(
+            lambda: get(kubectl, "rayservice", "support-assistant", namespace), "RayService"
+        )
+        workers_before = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+
+        def raised() -> dict[str, Any] | None:
+            traffic()
+            status = get(kubectl, "mt", "support-assistant", namespace).get("status") or {}
+            esc = status.get("escalation") or {}
+            return status if esc.get("threshold", 0) >= 0.7 else None
+
+        status = wait_for(
+            raised, "the threshold to rise above 0.7", timeout=stop - time.monotonic()
+        )
+        esc = status["escalation"]
+        assert 0.3 <= esc["threshold"] <= 0.9
+        assert esc["signals"]["escalationRate"] == pytest.approx(0.6, abs=0.05)
+        assert "budget" in esc["reason"].lower() or "rate" in esc["reason"].lower(), esc["reason"]
+        assert esc["lastChangeTime"]
+        cond = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
+        assert cond["status"] == "True"
+        assert status["modelledCostReduction"] == pytest.approx(13.5 / (1.1 + 0.6 * 13.5), rel=0.1)
+
+        live = get(kubectl, "rayservice", "support-assistant", namespace)
+        serve = yaml.safe_load(live["spec"]["serveConfigV2"])
+        router = serve["applications"][0]["deployments"][0]["user_config"]
+        assert router["threshold"] >= 0.7  # the router got it
+        assert live["spec"]["rayClusterConfig"]["workerGroupSpecs"] == workers_before
+        mt = get(kubectl, "mt", "support-assistant", namespace)
+        assert mt["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec untouched
+        events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+        moves = [e["message"] for e in events["items"] if e["message"].startswith("threshold ")]
+        assert moves, [e["message"] for e in events["items"]]
+        steps = [m.split(":")[0].split() for m in moves]  # "threshold 0.6 -> 0.65"
+        assert any(float(s[1]) == 0.6 for s in steps)
+        assert all(0 < float(s[3]) - float(s[1]) <= 0.05 + 1e-9 for s in steps)  # maxStep
+        table = kubectl("get", "mt", "-n", namespace).stdout.splitlines()[1].split()
+        assert float(table[3]) >= 0.7
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
