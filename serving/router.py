@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from tierserve.serving import routing
 from tierserve.serving.metrics import RouterMetrics
 from tierserve.serving.routing import CircuitBreaker, Plan, RouterConfig, RoutingError
+from tierserve.serving.scorers import Scorer, load_scorer
 
 logger = logging.getLogger("tierserve.router")
 api = FastAPI(title="tierserve router")
@@ -51,6 +52,7 @@ class Answer:
     escalated: bool
     confidence: float | None
     reason: str
+    upfront_score: float | None = None
 
 
 def _dump(obj: Any) -> dict[str, Any]:
@@ -82,18 +84,39 @@ class Router:
         self.breakers = {name: CircuitBreaker() for name, _ in tiers}
         self.metrics = RouterMetrics(model_tier)
         self.shadow_tasks: set[asyncio.Task[None]] = set()
+        self.scorer: Scorer | None = None
+        self.scorer_key = ""
         self.config = RouterConfig.from_user_config(
             {"modelTier": model_tier, "tiers": [{"name": n} for n, _ in tiers], "mode": "none"}
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.config = RouterConfig.from_user_config(user_config)
+        config = RouterConfig.from_user_config(user_config)
+        if config.mode in ("upfront", "hybrid"):
+            key = json.dumps(config.scorer, sort_keys=True)
+            if key != self.scorer_key:  # a bad scorer fails the reconfigure, not requests
+                self.scorer, self.scorer_key = load_scorer(config.scorer), key
+        self.config = config
         self.metrics.threshold(self.config.threshold)
         logger.info("router config: mode=%s threshold=%s", self.config.mode, self.config.threshold)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/tierserve/config")
+    async def current_config(self) -> dict[str, Any]:
+        """What the router decides with right now, for audits and tests."""
+        cfg = self.config
+        return {
+            "modelTier": cfg.model_tier,
+            "mode": cfg.mode,
+            "threshold": cfg.threshold,
+            "tiers": [t.name for t in cfg.tiers],
+            "openCircuits": [
+                n for n, b in self.breakers.items() if not b.available(time.monotonic())
+            ],
+        }
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
@@ -129,10 +152,14 @@ class Router:
             pinned = routing.resolve_model(cfg, body.get("model"))
         except RoutingError as exc:
             return openai_error(exc.status, str(exc), exc.param, "model_not_found")
-        forced = routing.forced_rule(cfg, routing.prompt_text(body)) if pinned is None else None
-        plan = routing.plan_request(cfg, pinned, forced)
+        text = routing.prompt_text(body)
+        forced = routing.forced_rule(cfg, text) if pinned is None else None
+        score = None
+        if pinned is None and not forced and cfg.mode in ("upfront", "hybrid") and self.scorer:
+            score = self.scorer.score(text)
+        plan = routing.plan_request(cfg, pinned, forced, score)
         self.metrics.decision(time.perf_counter() - started)
-        if forced:
+        if plan.start > 0 and plan.reason != "pinned":
             self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
         try:
             if body.get("stream"):
@@ -144,12 +171,16 @@ class Router:
             return openai_error(exc.status, str(exc), exc.param)
         out = dict(answer.body)
         out["model"] = body.get("model") or self.model_tier
+        if plan.reason == "upfront-score" and score is not None:
+            answer.escalated, answer.upfront_score = plan.start > 0, score
         out["tierserve"] = {
             "tier": answer.tier,
             "escalated": answer.escalated,
             "confidence": answer.confidence,
             "reason": answer.reason,
         }
+        if answer.upfront_score is not None:
+            out["tierserve"]["upfrontScore"] = round(answer.upfront_score, 4)
         self._maybe_shadow(cfg, body, chat, answer)
         return JSONResponse(out, headers=self._headers(answer))
 
@@ -162,6 +193,8 @@ class Router:
         }
         if answer.confidence is not None:
             headers["x-tierserve-confidence"] = f"{answer.confidence:.4f}"
+        if answer.upfront_score is not None:
+            headers["x-tierserve-upfront-score"] = f"{answer.upfront_score:.4f}"
         return headers
 
     async def _answer(
@@ -185,6 +218,8 @@ class Router:
                 cfg.tiers[index].name, cfg.tiers[index + 1].name, "low-confidence"
             )
             index, escalated, reason = index + 1, True, "low-confidence"
+        if tier_index != index:
+            reason = f"fallback:{cfg.tiers[index].name}"
         if not wants_logprobs:
             for choice in response.get("choices") or []:
                 choice.pop("logprobs", None)

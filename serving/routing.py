@@ -43,6 +43,8 @@ class RouterConfig:
     request_timeout_seconds: float = 60.0
     force_rules: tuple[ForceRule, ...] = field(default_factory=tuple)
     shadow_sample_rate: float = 0.0
+    scorer: dict[str, Any] = field(default_factory=lambda: {"type": "heuristic"})
+    hybrid_margin: float = 0.15
 
     @classmethod
     def from_user_config(cls, cfg: dict[str, Any]) -> RouterConfig:
@@ -61,6 +63,8 @@ class RouterConfig:
             request_timeout_seconds=float(cfg.get("requestTimeoutSeconds", 60.0)),
             force_rules=tuple(compile_rule(r) for r in cfg.get("forceTopTier") or []),
             shadow_sample_rate=float((cfg.get("shadow") or {}).get("sampleRate", 0.0)),
+            scorer=dict((cfg.get("upfront") or {}).get("scorer") or {"type": "heuristic"}),
+            hybrid_margin=float((cfg.get("upfront") or {}).get("hybridMargin", 0.15)),
         )
 
     def index(self, tier: str) -> int | None:
@@ -79,7 +83,15 @@ class Plan:
     cascade: bool
 
 
-def plan_request(cfg: RouterConfig, pinned: int | None, forced: str | None) -> Plan:
+def plan_request(
+    cfg: RouterConfig, pinned: int | None, forced: str | None, score: float | None = None
+) -> Plan:
+    """Where a request starts. `score` is the upfront scorer's (needed in upfront/hybrid).
+
+    upfront: a score above the threshold goes straight to the top tier, else the first tier
+    answers alone. hybrid: clearly hard (score >= threshold + margin) goes to the top, clearly
+    easy (score <= threshold - margin) stays on the first tier, and the band between cascades.
+    """
     top = len(cfg.tiers) - 1
     if pinned is not None:
         return Plan(pinned, "pinned", False)
@@ -87,6 +99,15 @@ def plan_request(cfg: RouterConfig, pinned: int | None, forced: str | None) -> P
         return Plan(top, f"forced:{forced}", False)
     if cfg.mode == "none" or top == 0:
         return Plan(0, "first-tier", False)
+    if cfg.mode in ("upfront", "hybrid") and score is not None:
+        if cfg.mode == "upfront":
+            if should_escalate(score, cfg.threshold):
+                return Plan(top, "upfront-score", False)
+            return Plan(0, "upfront-score", False)
+        if score >= cfg.threshold + cfg.hybrid_margin:
+            return Plan(top, "upfront-score", False)
+        if score <= cfg.threshold - cfg.hybrid_margin:
+            return Plan(0, "upfront-score", False)
     return Plan(0, "cascade", True)
 
 

@@ -103,3 +103,23 @@ def test_logprobs_are_read_from_completion_and_chat_chunks() -> None:
     assert routing.stream_chunk_logprobs(chat, chat=True) == [-0.5]
     assert routing.answer_text(chat, chat=True) == "4"
     assert routing.normalise_answer("  The  Answer\n") == routing.normalise_answer("the answer")
+
+
+def test_upfront_and_hybrid_plans_follow_the_score() -> None:
+    up = cfg(mode="upfront", threshold=0.5)
+    assert routing.plan_request(up, None, None, 0.7) == routing.Plan(1, "upfront-score", False)
+    assert routing.plan_request(up, None, None, 0.3) == routing.Plan(0, "upfront-score", False)
+    hybrid = cfg(mode="hybrid", threshold=0.5, upfront={"hybridMargin": 0.1})
+    assert routing.plan_request(hybrid, None, None, 0.65).start == 1  # clearly hard
+    assert routing.plan_request(hybrid, None, None, 0.35) == routing.Plan(0, "upfront-score", False)
+    assert routing.plan_request(hybrid, None, None, 0.55) == routing.Plan(0, "cascade", True)
+    # A higher threshold never sends more requests up front.
+    scores = [i / 50 for i in range(51)]
+    ups = [
+        sum(
+            routing.plan_request(cfg(mode="upfront", threshold=t / 10), None, None, s).start > 0
+            for s in scores
+        )
+        for t in range(11)
+    ]
+    assert ups == sorted(ups, reverse=True)

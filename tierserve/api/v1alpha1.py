@@ -227,6 +227,45 @@ class Cascade(_Model):
     )
 
 
+class ScorerType(StrEnum):
+    HEURISTIC = "heuristic"
+    LINEAR = "linear"
+
+
+class ScorerRef(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type != 'linear' || has(self.path)",
+                    "a linear scorer needs path (the JSON file `tierserve calibrate` writes)",
+                    ".path",
+                )
+            ]
+        }
+    )
+
+    type: ScorerType = Field(
+        default=ScorerType.HEURISTIC,
+        description="heuristic: no training needed; linear: trained by `tierserve calibrate`.",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The linear scorer's JSON file, as the router replicas see it.",
+    )
+
+
+class Upfront(_Model):
+    scorer: ScorerRef = Field(
+        default_factory=ScorerRef, description="Scores a prompt's difficulty before generation."
+    )
+    hybrid_margin: Fraction = Field(
+        default=0.15,
+        description="hybrid mode: scores within this distance of the threshold go to cascade.",
+    )
+
+
 class ForceRule(_Model):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Category name, for metrics.")
     patterns: list[Annotated[str, Field(max_length=512)]] = Field(
@@ -255,6 +294,9 @@ class Routing(_Model):
     )
     escalation: Escalation = Field(default_factory=Escalation, description="Escalation policy.")
     cascade: Cascade = Field(default_factory=Cascade, description="Cascade-mode settings.")
+    upfront: Upfront = Field(
+        default_factory=Upfront, description="Upfront- and hybrid-mode settings."
+    )
     force_top_tier: list[ForceRule] = Field(
         default_factory=list,
         max_length=MAX_RULES,
