@@ -75,6 +75,33 @@ def _sse(item: Any) -> list[str]:
     return out
 
 
+def _event(payload: str, keep_logprobs: bool, model: str) -> str:
+    """One server-sent event for the client: its model name, logprobs only if it asked."""
+    if payload.strip() == DONE:
+        return f"data: {payload}\n\n"
+    data = json.loads(payload)
+    data["model"] = model
+    if not keep_logprobs:
+        for choice in data.get("choices") or []:
+            choice.pop("logprobs", None)
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def _close(gen: Any) -> None:
+    """Stops an abandoned stream so the lower tier stops generating for nobody."""
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception as exc:  # the stream may already be finished or broken
+            logger.debug("closing abandoned stream: %s", exc)
+    cancel = getattr(gen, "cancel", None)
+    if cancel is not None:
+        cancel()
+
+
+# Everything the Router's methods use must be defined above it: @serve.deployment pickles the
+# class by value at definition time, capturing only the module globals that exist by then.
 @serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Router:
@@ -365,15 +392,16 @@ class Router:
         tier = cfg.tiers[index]
         answer = Answer({}, tier.name, escalated, score, reason)
         metrics = self.metrics
+        model = str(body.get("model") or self.model_tier)
 
         async def events() -> AsyncIterator[str]:
             with metrics.in_flight(tier.name):
                 for payload in held:
-                    yield _event(payload, wants_logprobs)
+                    yield _event(payload, wants_logprobs, model)
                 if not finished:
                     async for item in gen:
                         for payload in _sse(item):
-                            yield _event(payload, wants_logprobs)
+                            yield _event(payload, wants_logprobs, model)
                 metrics.answered(tier.name, cfg.mode, {})
 
         return StreamingResponse(
@@ -411,25 +439,3 @@ class Router:
             routing.normalise_answer(routing.answer_text(answer.body, chat))
         )
         self.metrics.shadow(answer.tier, agreed)
-
-
-def _event(payload: str, keep_logprobs: bool) -> str:
-    if payload.strip() == DONE or keep_logprobs:
-        return f"data: {payload}\n\n"
-    data = json.loads(payload)
-    for choice in data.get("choices") or []:
-        choice.pop("logprobs", None)
-    return f"data: {json.dumps(data)}\n\n"
-
-
-async def _close(gen: Any) -> None:
-    """Stops an abandoned stream so the lower tier stops generating for nobody."""
-    aclose = getattr(gen, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception as exc:  # the stream may already be finished or broken
-            logger.debug("closing abandoned stream: %s", exc)
-    cancel = getattr(gen, "cancel", None)
-    if cancel is not None:
-        cancel()

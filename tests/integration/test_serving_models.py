@@ -35,9 +35,16 @@ def test_models_listed(served_models: str) -> None:
 
 def test_completion_returns_per_token_logprobs(served_models: str) -> None:
     body = {"model": "small", "prompt": "37+48=", "max_tokens": 4, "temperature": 0, "logprobs": 1}
-    t0 = time.monotonic()
-    out = _post(served_models, "/completions", body)
-    print(f"completion with logprobs: {(time.monotonic() - t0) * 1000:.0f} ms")
+    latencies = []
+    for _ in range(10):
+        t0 = time.monotonic()
+        out = _post(served_models, "/completions", body)
+        latencies.append(time.monotonic() - t0)
+    latencies.sort()
+    print(
+        f"completion with logprobs, 10 sequential: median {latencies[5] * 1000:.0f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms"
+    )
     choice = out["choices"][0]
     lp = choice["logprobs"]
     assert lp is not None, out
@@ -94,7 +101,8 @@ def _accuracy(base_url: str, model: str, examples: list[dict[str, str]]) -> floa
 def test_large_is_clearly_better_on_heldout_sums(
     served_models: str, tiny_models: TinyModels
 ) -> None:
-    examples = read_heldout(tiny_models.heldout)[:N_HELDOUT]
+    # Every 5th held-out sum: spread over all operands (the file is sorted by the first one).
+    examples = read_heldout(tiny_models.heldout)[::5][:N_HELDOUT]
     t0 = time.monotonic()
     small = _accuracy(served_models, "small", examples)
     large = _accuracy(served_models, "large", examples)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -25,13 +26,13 @@ import httpx
 from tierserve.testing.proc import (
     ComponentError,
     Process,
-    free_port,
     logs_dir,
     start,
     wait_until,
 )
 
 COMPONENT = "ray head"
+TEMP_PREFIX = "tsray-"
 
 # Logical CPUs: two tiny vLLM engines (1 CPU bundle each, plus their Serve replicas), the Serve
 # controller, proxy and router. Oversubscribing 2 physical cores is fine for tiny models.
@@ -46,6 +47,19 @@ OFFLINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+}
+
+# Loopback only: Ray turns --node-ip-address=127.0.0.1 into the machine's routable address unless
+# it runs as a single-machine cluster (no other node can join, which is what a local head wants);
+# with node IP 127.0.0.1 its servers bind loopback instead of every interface.
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # A local head has nothing to drain: stop at once on SIGTERM instead of waiting up to 30s.
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    # Explicit, so the head does not depend on the machine's state: with RAY_AUTH_MODE unset, Ray
+    # turns token auth on whenever ~/.ray/auth_token exists (any local `ray.init()` writes one),
+    # and the dashboard then answers 401 to clients without the token. Everything binds loopback.
+    "RAY_AUTH_MODE": "disabled",
 }
 
 
@@ -76,17 +90,22 @@ class RayHead:
     def pids(self) -> set[int]:
         """Every live process of this head: the `ray start` process group, its descendants, and
         any process whose command line names this head's temp dir."""
-        return _head_pids(self.process.popen.pid, str(self.temp_dir))
+        # Once `ray start` is reaped its pid (and process group id) may be reused: then only the
+        # temp dir identifies this head's processes.
+        leader = self.process.popen.pid if self.process.alive() else None
+        return _head_pids(leader, str(self.temp_dir))
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         if self._stopped:
             return
-        pids = self.pids()
-        # `ray start --block` ends its own processes on SIGTERM; give it that chance first.
-        self.process.stop(timeout=timeout)
-        _kill_all(pids | self.pids(), timeout=10.0)
+        # SIGTERM to every process of the head at once (`ray start --block` alone takes up to
+        # ~15s to wind down vLLM engines one by one), SIGKILL what is left after `timeout`.
+        _kill_all(self.pids(), timeout=timeout)
+        self.process.stop(timeout=5.0)  # reaps `ray start`
+        _kill_all(self.pids(), timeout=5.0)  # anything started meanwhile
         self._stopped = True
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        # The temp dir stays: its logs are what a failure message points at. Old ones are pruned
+        # when a head starts.
 
 
 def _proc_ids() -> list[int]:
@@ -112,11 +131,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _head_pids(leader: int, temp_dir: str) -> set[int]:
+def _head_pids(leader: int | None, temp_dir: str) -> set[int]:
     stats = {pid: s for pid in _proc_ids() if (s := _stat(pid)) is not None}
-    found = {pid for pid, (_ppid, pgid) in stats.items() if pgid == leader}
-    found |= {pid for pid in stats if temp_dir in _cmdline(pid)}
-    found.add(leader)
+    found = {pid for pid in stats if temp_dir in _cmdline(pid)}
+    if leader is not None:
+        found |= {pid for pid, (_ppid, pgid) in stats.items() if pgid == leader}
+        found.add(leader)
     # Descendants of anything found (vLLM engine processes, workers that called setsid, ...).
     children: dict[int, list[int]] = {}
     for pid, (ppid, _pgid) in stats.items():
@@ -154,6 +174,28 @@ def _kill_all(pids: set[int], timeout: float) -> None:
             return
 
 
+def _prune_temp_dirs(max_age_s: float = 24 * 3600) -> None:
+    """Removes the temp dirs (logs) of heads started here more than a day ago and now stopped."""
+    now = time.time()
+    for path in Path("/tmp").glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > max_age_s and not any(
+                str(path) in _cmdline(pid) for pid in _proc_ids()
+            ):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1 (all held open at once while choosing)."""
+    with contextlib.ExitStack() as stack:
+        socks = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 def ray_executable() -> str:
     """The `ray` CLI of the running interpreter's environment."""
     candidate = Path(sys.executable).parent / "ray"
@@ -174,22 +216,22 @@ def start_ray_head(
 ) -> RayHead:
     """Starts a head node with the dashboard on 127.0.0.1 and waits (bounded) until its Serve
     REST API answers."""
-    ports = {
-        "port": free_port(),
-        "dashboard-port": free_port(),
-        "ray-client-server-port": free_port(),
-        "dashboard-agent-listen-port": free_port(),
-        "dashboard-agent-grpc-port": free_port(),
-        "runtime-env-agent-port": free_port(),
-        "metrics-export-port": free_port(),
-        "node-manager-port": free_port(),
-        "object-manager-port": free_port(),
-    }
-    serve_http_port = free_port()
-    if len({*ports.values(), serve_http_port}) != len(ports) + 1:
-        raise ComponentError(COMPONENT, "could not pick distinct free ports; try again")
+    names = [
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+        "node-manager-port",
+        "object-manager-port",
+    ]
+    *picked, serve_http_port = free_ports(len(names) + 1)
+    ports = dict(zip(names, picked, strict=True))
     # Short path: Ray's unix sockets live under it and must stay below ~107 characters.
-    temp_dir = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
+    _prune_temp_dirs()
+    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp"))
     log = logs_dir() / f"ray-head-{ports['port']}.log"
     argv = [
         ray_executable(),
@@ -206,7 +248,7 @@ def start_ray_head(
         "--disable-usage-stats",
         *(f"--{name}={port}" for name, port in ports.items()),
     ]
-    proc_env = {**OFFLINE_ENV, **(env or {})}
+    proc_env = {**OFFLINE_ENV, **LOOPBACK_ENV, **(env or {})}
     process = start(COMPONENT, argv, log=log, env=proc_env, cwd=temp_dir)
     head = RayHead(
         gcs_address=f"127.0.0.1:{ports['port']}",
@@ -238,7 +280,7 @@ def start_ray_head(
 
 
 def main() -> int:
-    """`python -m tierserve.testing.ray_local`: start a head, print its addresses, stop on Ctrl-C."""
+    """`python -m tierserve.testing.ray_local`: start a head, print addresses, stop on Ctrl-C."""
     try:
         head = start_ray_head()
     except ComponentError as exc:

@@ -120,9 +120,17 @@ class TieredApp:
 
 
 def serve_on_loopback(dashboard_url: str, port: int) -> None:
-    """Starts Serve's HTTP proxy on 127.0.0.1:`port` (it belongs to the cluster, not to an app)."""
+    """Starts Serve's HTTP proxy on 127.0.0.1:`port` unless Serve already runs.
+
+    The proxy belongs to the cluster, not to an app, and its address is fixed once Serve has
+    started, so this only acts on a fresh cluster (and never touches running applications).
+    """
+    apps_url = f"{dashboard_url}/api/serve/applications/"
+    current = httpx.get(apps_url, timeout=30).json()
+    if current.get("applications") or (current.get("http_options") or {}).get("port") == port:
+        return
     r = httpx.put(
-        f"{dashboard_url}/api/serve/applications/",
+        apps_url,
         json={"http_options": {"host": "127.0.0.1", "port": port}, "applications": []},
         timeout=120,
     )

@@ -1,7 +1,8 @@
 """Two tiny Llama models with a real quality gap, trained here on CPU, for tests and the demo.
 
-The task is two-digit addition: the prompt "37+48=" is answered "85". "small" is trained briefly
-(weak); "large" has more layers and is trained longer (strong). Both share one character-level
+The task is two-digit addition: the prompt "37+48=" is answered "85". Both models have the same
+small Llama shape; "small" is trained briefly (weak: about half the held-out sums right), "large"
+five times longer (strong: almost all). Both share one character-level
 tokenizer built locally with `tokenizers` (every digit is one token, so the task is learnable),
 with bos/eos/pad tokens and a chat template, so they load with AutoTokenizer and through vLLM's
 normal loading path and answer on /v1/completions and /v1/chat/completions alike.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierserve.testing.proc import ComponentError, cache_dir, logs_dir
+from tierserve.testing.proc import ComponentError, cache_dir, logs_dir, start
 
 COMPONENT = "tiny models"
 
@@ -54,6 +55,7 @@ CHAT_TEMPLATE = (
 )
 
 MARKER = ".complete"
+PROGRESS = "PROGRESS "  # prefix of the progress lines the training child prints
 MODEL_NAMES = ("small", "large")
 
 
@@ -79,7 +81,7 @@ class Params:
     high: int = 99
     heldout: int = 500  # (a, b) pairs never trained on
     max_position_embeddings: int = 256
-    small: ModelSpec = ModelSpec(layers=1, steps=300, lr=3e-3)
+    small: ModelSpec = ModelSpec(layers=2, steps=400, lr=3e-3)
     large: ModelSpec = ModelSpec(layers=2, steps=2000, lr=3e-3)
 
 
@@ -125,7 +127,7 @@ def split_pairs(
 
 
 def build_tokenizer() -> Any:
-    """A character-level tokenizer (tokenizers WordLevel) wrapped as a transformers fast tokenizer."""
+    """A character-level tokenizer (tokenizers WordLevel) as a transformers fast tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -292,9 +294,16 @@ def read_heldout(path: Path) -> list[dict[str, str]]:
 
 
 def ensure_models(
-    params: Params = Params(), progress: Callable[[str], None] | None = None
+    params: Params = Params(),
+    progress: Callable[[str], None] | None = None,
+    timeout: float = 1800.0,
 ) -> TinyModels:
-    """The two tiny models, trained now if this exact generator has not made them before."""
+    """The two tiny models, trained now if this exact generator has not made them before.
+
+    Training runs in a child process (`python -m tierserve.testing.tinymodels --generate`) so the
+    caller's torch thread settings and memory are untouched, with OMP_WAIT_POLICY=PASSIVE: with
+    2 threads on 2 busy cores, spinning OpenMP threads made training up to 4x slower here.
+    """
     models_root = cache_dir() / "models"
     key = model_key(params)
     root = models_root / key
@@ -305,82 +314,147 @@ def ensure_models(
     with _lock(models_root / f"{key}.lock"):
         if (root / MARKER).exists():  # made by another process while we waited
             return _load(root)
-        try:
-            _generate(params, root, log_path, say)
-        except ComponentError:
-            raise
-        except Exception as exc:
-            raise ComponentError(
-                COMPONENT, f"generating {root} failed: {type(exc).__name__}: {exc}", log_path
-            ) from exc
+        _generate_in_child(params, root, log_path, say, timeout)
     return _load(root)
 
 
-def _generate(params: Params, root: Path, log_path: Path, say: Callable[[str], None]) -> None:
+def _generate_in_child(
+    params: Params, root: Path, log_path: Path, say: Callable[[str], None], timeout: float
+) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    for stale in root.parent.glob(f"{root.name}.tmp-*"):  # left by a killed run; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "tierserve.testing.tinymodels",
+        "--generate",
+        str(root),
+        "--params",
+        json.dumps(dataclasses.asdict(params)),
+    ]
+    env = {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    child = start(COMPONENT, argv, log=log_path, env=env)
+    deadline = time.monotonic() + timeout
+    seen = 0
+    try:
+        while True:
+            lines = log_path.read_text(errors="replace").splitlines()
+            for line in lines[seen:]:
+                if line.startswith(PROGRESS):
+                    say(line[len(PROGRESS) :])
+            seen = len(lines)
+            code = child.popen.poll()
+            if code is not None:
+                break
+            if time.monotonic() > deadline:
+                raise ComponentError(COMPONENT, f"not trained after {timeout:.0f}s", log_path)
+            time.sleep(0.5)
+    finally:
+        child.stop()
+    if code != 0 or not (root / MARKER).exists():
+        last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
+        raise ComponentError(
+            COMPONENT, f"generating {root} failed (exit {code}): {last.strip()[:300]}", log_path
+        )
+
+
+def _params_from_json(text: str) -> Params:
+    raw = json.loads(text)
+    for name in MODEL_NAMES:
+        raw[name] = ModelSpec(**raw[name])
+    return Params(**raw)
+
+
+def _generate(params: Params, root: Path) -> None:
+    """Trains both models into `root` (atomically: a temp dir renamed at the end). Runs in the
+    child process; stdout is the log, progress lines start with PROGRESS."""
     import torch
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logf = open(log_path, "a")  # noqa: SIM115 - closed below
-    try:
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
-        def log(msg: str) -> None:
-            logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-            logf.flush()
+    def say(msg: str) -> None:
+        print(f"{PROGRESS}{msg}", flush=True)
 
-        tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        train_pairs, heldout_pairs = split_pairs(params)
-        tokenizer = build_tokenizer()
-        with open(tmp / "heldout.jsonl", "w") as f:
-            for a, b in heldout_pairs:
-                f.write(json.dumps({"prompt": prompt(a, b), "answer": answer(a, b)}) + "\n")
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(2)
-        meta: dict[str, Any] = {
-            "key": root.name,
-            "task": "two-digit addition: '37+48=' -> '85'",
-            "params": dataclasses.asdict(params),
-            "train_pairs": len(train_pairs),
-            "heldout_pairs": len(heldout_pairs),
-            "torch": torch.__version__,
-            "models": {},
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)  # denormals made some steps many times slower
+    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train_pairs, heldout_pairs = split_pairs(params)
+    tokenizer = build_tokenizer()
+    with open(tmp / "heldout.jsonl", "w") as f:
+        for a, b in heldout_pairs:
+            f.write(json.dumps({"prompt": prompt(a, b), "answer": answer(a, b)}) + "\n")
+    meta: dict[str, Any] = {
+        "key": root.name,
+        "task": "two-digit addition: '37+48=' -> '85'",
+        "params": dataclasses.asdict(params),
+        "train_pairs": len(train_pairs),
+        "heldout_pairs": len(heldout_pairs),
+        "torch": torch.__version__,
+        "models": {},
+    }
+    for i, name in enumerate(MODEL_NAMES):
+        spec: ModelSpec = getattr(params, name)
+        say(f"tiny models: training {name!r} ({spec.layers} layer(s), {spec.steps} steps)")
+        log(f"training {name}: {spec}")
+        t0 = time.monotonic()
+        model = _train(spec, params, tokenizer, train_pairs, params.seed + i, log)
+        train_s = time.monotonic() - t0
+        acc = evaluate(model, tokenizer, heldout_pairs)
+        log(f"{name}: trained in {train_s:.1f}s, held-out accuracy {acc:.3f}")
+        say(f"tiny models: {name!r} trained in {train_s:.0f}s, held-out accuracy {acc:.1%}")
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+        meta["models"][name] = {
+            "layers": spec.layers,
+            "steps": spec.steps,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(train_s, 1),
+            "heldout_accuracy": acc,
         }
-        try:
-            for i, name in enumerate(MODEL_NAMES):
-                spec: ModelSpec = getattr(params, name)
-                say(
-                    f"tiny models: training {name!r} ({spec.layers} layer(s), {spec.steps} steps)"
-                    f"; log: {log_path}"
-                )
-                log(f"training {name}: {spec}")
-                t0 = time.monotonic()
-                model = _train(spec, params, tokenizer, train_pairs, params.seed + i, log)
-                train_s = time.monotonic() - t0
-                acc = evaluate(model, tokenizer, heldout_pairs)
-                log(f"{name}: trained in {train_s:.1f}s, held-out accuracy {acc:.3f}")
-                say(f"tiny models: {name!r} trained in {train_s:.0f}s, held-out accuracy {acc:.1%}")
-                model.save_pretrained(tmp / name)
-                tokenizer.save_pretrained(tmp / name)
-                meta["models"][name] = {
-                    "layers": spec.layers,
-                    "steps": spec.steps,
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                    "train_seconds": round(train_s, 1),
-                    "heldout_accuracy": acc,
-                }
-        finally:
-            torch.set_num_threads(threads)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / MARKER).write_text("")
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
-    finally:
-        logf.close()
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / MARKER).write_text("")
+    if (root / MARKER).exists():  # finished elsewhere meanwhile: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
 
 
-def main() -> int:
+def _exit_with_parent() -> None:
+    """The training child stops when the process that started it is gone."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tierserve.testing.tinymodels")
+    parser.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.generate:  # the child process of ensure_models()
+        _exit_with_parent()
+        _generate(_params_from_json(args.params) if args.params else Params(), Path(args.generate))
+        return 0
     try:
         models = ensure_models(progress=lambda m: print(m, file=sys.stderr, flush=True))
     except ComponentError as exc:

@@ -1,0 +1,273 @@
+"""Ray Serve LLM configuration for local model directories on a CPU-only machine.
+
+Two equivalent forms of the same thing:
+
+- `llm_config()` / `build_app()`: `ray.serve.llm.LLMConfig` objects and the
+  `build_openai_app({"llm_configs": [...]})` application, for `serve.run` from a driver;
+- `serve_config()`: the declarative Serve config (what `serve deploy`, the dashboard's
+  `PUT /api/serve/applications/` and a RayService's serveConfigV2 take), with
+  `import_path: ray.serve.llm:build_openai_app`.
+
+`deploy()` PUTs the declarative form to a Ray dashboard (keeping the cluster's other declarative
+applications: a PUT replaces them all) and waits, bounded, until every model answers on one
+OpenAI-compatible endpoint; `undeploy()` removes just that application.
+
+Engine arguments are the ones vLLM needs on CPU (see /work/shared/ENVIRONMENT.md): eager mode, a
+small memory fraction, float32, a short context, and `VLLM_CPU_KVCACHE_SPACE` in the replica's
+runtime_env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from ray.serve.deployment import Application
+    from ray.serve.llm import LLMConfig
+
+COMPONENT = "ray serve llm"
+APP_NAME = "tierserve-llm"
+BUILDER = "ray.serve.llm:build_openai_app"
+
+CPU_ENGINE_KWARGS: dict[str, Any] = {
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.2,
+    "dtype": "float32",
+    "max_model_len": 256,
+}
+
+CPU_ENV_VARS: dict[str, str] = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache per engine
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+}
+
+
+class ServeError(RuntimeError):
+    """Deploying or reaching the Serve application failed; the message is one line."""
+
+
+def llm_config_dict(model_id: str, path: Path | str, *, max_model_len: int = 256) -> dict[str, Any]:
+    """The JSON form of one model's LLMConfig (valid in a Serve config's `args.llm_configs`)."""
+    return {
+        "model_loading_config": {"model_id": model_id, "model_source": str(path)},
+        "engine_kwargs": {**CPU_ENGINE_KWARGS, "max_model_len": max_model_len},
+        "placement_group_config": {"bundles": [{"CPU": 1}]},
+        "deployment_config": {"num_replicas": 1},
+        "runtime_env": {"env_vars": dict(CPU_ENV_VARS)},
+        "log_engine_metrics": False,
+    }
+
+
+def llm_config(model_id: str, path: Path | str, *, max_model_len: int = 256) -> LLMConfig:
+    from ray.serve.llm import LLMConfig
+
+    return LLMConfig.model_validate(llm_config_dict(model_id, path, max_model_len=max_model_len))
+
+
+def build_app(models: Mapping[str, Path | str]) -> Application:
+    """One OpenAI-compatible application serving every model; `models` maps model id -> dir."""
+    from ray.serve.llm import build_openai_app
+
+    return build_openai_app({"llm_configs": [llm_config(m, p) for m, p in models.items()]})
+
+
+def serve_config(
+    models: Mapping[str, Path | str],
+    *,
+    http_port: int = 8000,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> dict[str, Any]:
+    """The declarative Serve config deploying `build_app(models)`, proxy on 127.0.0.1."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "applications": [
+            {
+                "name": app_name,
+                "route_prefix": route_prefix,
+                "import_path": BUILDER,
+                "args": {"llm_configs": [llm_config_dict(m, p) for m, p in models.items()]},
+            }
+        ],
+    }
+
+
+def application_details(dashboard_url: str, app_name: str = APP_NAME) -> dict[str, Any]:
+    """The application's entry in the Serve REST API ({} when it is not listed)."""
+    return dict((_serve_details(dashboard_url).get("applications") or {}).get(app_name) or {})
+
+
+def _serve_details(dashboard_url: str) -> dict[str, Any]:
+    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10.0)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _other_apps(details: dict[str, Any], app_name: str) -> list[dict[str, Any]]:
+    """The declarative configs of the cluster's other applications, to keep them on a PUT.
+
+    The REST API's PUT replaces the whole set of applications; applications deployed
+    imperatively (serve.run) have no config to keep and would be removed."""
+    apps = details.get("applications") or {}
+    return [
+        _without_nulls(app["deployed_app_config"])
+        for name, app in sorted(apps.items())
+        if name != app_name and app.get("deployed_app_config")
+    ]
+
+
+def _put(dashboard_url: str, config: dict[str, Any]) -> None:
+    try:
+        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=120.0)
+    except httpx.HTTPError as exc:
+        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
+    if r.status_code != 200:
+        raise ServeError(
+            f"{COMPONENT}: PUT /api/serve/applications/ returned {r.status_code}: "
+            f"{_one_line(r.text)}"
+        )
+
+
+def _summary(app: dict[str, Any]) -> str:
+    """ "DEPLOYING (LLMServer:small UPDATING, ...)": the application and its deployments."""
+    deployments = app.get("deployments") or {}
+    parts = [f"{name} {d.get('status', '?')}" for name, d in sorted(deployments.items())]
+    status = str(app.get("status") or "NOT_STARTED")
+    return f"{status} ({', '.join(parts)})" if parts else status
+
+
+def served_models(base_url: str) -> set[str]:
+    r = httpx.get(f"{base_url}/v1/models", timeout=10.0)
+    r.raise_for_status()
+    return {m["id"] for m in r.json().get("data", [])}
+
+
+def deploy(
+    dashboard_url: str,
+    models: Mapping[str, Path | str],
+    *,
+    http_port: int,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
+    timeout: float = 600.0,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Deploys `build_app(models)` as application `app_name` through the dashboard's Serve REST
+    API, keeping the cluster's other (declaratively deployed) applications, and waits until it is
+    RUNNING and /v1/models lists every model. Returns the OpenAI base URL
+    ("http://127.0.0.1:<port><route_prefix>/v1"). `http_port` is used when this starts Serve; a
+    running Serve keeps its proxy port, which is then the one returned."""
+    for model_id, path in models.items():
+        if not (Path(path) / "config.json").is_file():
+            raise ServeError(
+                f"{COMPONENT}: model {model_id!r}: no model at {path} (no config.json)"
+            )
+    try:
+        others = _other_apps(_serve_details(dashboard_url), app_name)
+    except httpx.HTTPError as exc:
+        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
+    config = serve_config(models, http_port=http_port, app_name=app_name, route_prefix=route_prefix)
+    config["applications"] = [*others, *config["applications"]]
+    _put(dashboard_url, config)
+    try:
+        running_port = int((_serve_details(dashboard_url).get("http_options") or {})["port"])
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        running_port = http_port
+    base = f"http://127.0.0.1:{running_port}{route_prefix.rstrip('/')}"
+    say = progress or (lambda _msg: None)
+    start = time.monotonic()
+    deadline = start + timeout
+    last, last_said = "", 0.0
+    while True:
+        app: dict[str, Any] = {}
+        try:
+            app = application_details(dashboard_url, app_name)
+        except httpx.HTTPError as exc:
+            app = {"status": "UNKNOWN", "message": f"dashboard unreachable: {exc}"}
+        status = str(app.get("status") or "")
+        if status == "DEPLOY_FAILED":
+            raise ServeError(f"{COMPONENT}: application {app_name} failed: {_failure(app)}")
+        if status == "RUNNING":
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if set(models) <= served_models(base):
+                    say(f"{COMPONENT}: {app_name} ready ({time.monotonic() - start:.0f}s)")
+                    return f"{base}/v1"
+        summary = _summary(app)
+        now = time.monotonic()
+        if summary != last or now - last_said >= 30:
+            say(f"{COMPONENT}: {app_name} {summary} ({now - start:.0f}s)")
+            last, last_said = summary, now
+        if now > deadline:
+            raise ServeError(
+                f"{COMPONENT}: application {app_name} not ready after {timeout:.0f}s "
+                f"({summary}: {_one_line(str(app.get('message') or ''))})"
+            )
+        time.sleep(2.0)
+
+
+def undeploy(dashboard_url: str, app_name: str = APP_NAME, timeout: float = 120.0) -> None:
+    """Removes application `app_name`, keeping the cluster's other declaratively deployed
+    applications; when none is left, shuts Serve down (DELETE /api/serve/applications/)."""
+    try:
+        details = _serve_details(dashboard_url)
+        if app_name not in (details.get("applications") or {}):
+            return
+        others = _other_apps(details, app_name)
+        if others:
+            http = details.get("http_options") or {}
+            config = {
+                "proxy_location": details.get("proxy_location") or "HeadOnly",
+                "http_options": {"host": http.get("host", "127.0.0.1"), "port": http.get("port")},
+                "applications": others,
+            }
+            _put(dashboard_url, _without_nulls(config))
+            return
+        r = httpx.delete(f"{dashboard_url}/api/serve/applications/", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
+    if r.status_code != 200:
+        raise ServeError(
+            f"{COMPONENT}: DELETE /api/serve/applications/ returned {r.status_code}: "
+            f"{_one_line(r.text)}"
+        )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b.*")
+
+
+def _failure(app: dict[str, Any]) -> str:
+    """The failed deployment and the last exception line of its error (not the whole traceback)."""
+    for name, dep in sorted((app.get("deployments") or {}).items()):
+        if dep.get("status") in ("DEPLOY_FAILED", "UNHEALTHY") and dep.get("message"):
+            lines = [ln.strip() for ln in _ANSI.sub("", str(dep["message"])).splitlines()]
+            causes = [
+                ln
+                for ln in lines
+                if _EXCEPTION_LINE.match(ln) and not ln.endswith("(most recent call last):")
+            ]
+            return f"{name}: {_one_line(causes[-1] if causes else lines[0])}"
+    return _one_line(str(app.get("message") or "no message"))
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "..."
