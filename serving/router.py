@@ -112,6 +112,7 @@ class Router:
         self.metrics = RouterMetrics(model_tier)
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.scorer: Scorer | None = None
+        self.config_hash = ""
         self.scorer_key = ""
         self.config = RouterConfig.from_user_config(
             {"modelTier": model_tier, "tiers": [{"name": n} for n, _ in tiers], "mode": "none"}
@@ -124,6 +125,7 @@ class Router:
             if key != self.scorer_key:  # a bad scorer fails the reconfigure, not requests
                 self.scorer, self.scorer_key = load_scorer(config.scorer), key
         self.config = config
+        self.config_hash = routing.config_hash(user_config)
         self.metrics.threshold(self.config.threshold)
         logger.info("router config: mode=%s threshold=%s", self.config.mode, self.config.threshold)
 
@@ -137,6 +139,7 @@ class Router:
         cfg = self.config
         return {
             "modelTier": cfg.model_tier,
+            "configHash": self.config_hash,
             "mode": cfg.mode,
             "threshold": cfg.threshold,
             "tiers": [t.name for t in cfg.tiers],

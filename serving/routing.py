@@ -7,6 +7,8 @@ score is the lower tier's uncertainty, 1 - confidence.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -109,6 +111,12 @@ def plan_request(
         if score <= cfg.threshold - cfg.hybrid_margin:
             return Plan(0, "upfront-score", False)
     return Plan(0, "cascade", True)
+
+
+def config_hash(user_config: dict[str, Any]) -> str:
+    """Short fingerprint of a user_config, so anyone can check which one a router runs."""
+    text = json.dumps(user_config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def compile_rule(rule: dict[str, Any]) -> ForceRule:

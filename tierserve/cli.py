@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("tierserve.api.crd", "generate the ModelTier CRD YAML from the pydantic models"),
     "operator": ("tierserve.operator.main", "run the Kopf operator (health and metrics endpoints)"),
     "plan": ("tierserve.cost", "cost per request of a routing share vs an all-top-tier fleet"),
+    "simulate": (
+        "tierserve.simulate",
+        "replay a request trace through the tiers with the adaptive threshold policy",
+    ),
     "render": ("tierserve.render", "print what the operator would create for a ModelTier file"),
     "models": ("tierserve.testing.tinymodels", "generate (or reuse) the tiny test models"),
 }

@@ -15,6 +15,7 @@ import httpx
 from tierserve import render
 from tierserve.api.v1alpha1 import ModelTier
 from tierserve.operator.external import ServeREST
+from tierserve.serving.routing import config_hash
 from tierserve.testing.proc import ComponentError
 
 CPU_ENGINE_ARGS = {
@@ -102,18 +103,19 @@ class TieredApp:
             else:
                 spec_routing[key] = value
         self.mt = ModelTier.model_validate(self.doc)
-        self.serve.apply(render.serve_application(self.mt))
-        want = (self.mt.spec.routing.mode, self.mt.spec.routing.escalation.threshold)
+        app = render.serve_application(self.mt)
+        self.serve.apply(app)
+        want = config_hash(app["deployments"][0]["user_config"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 cfg = httpx.get(f"{self.base_url[:-3]}/tierserve/config", timeout=5).json()
-                if (cfg["mode"], cfg["threshold"]) == want:
+                if cfg["configHash"] == want:
                     return
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.3)
-        raise ComponentError("router", f"did not pick up mode/threshold {want} in {timeout:.0f}s")
+        raise ComponentError("router", f"did not pick up config {want} in {timeout:.0f}s")
 
     def remove(self) -> None:
         self.serve.remove(self.name)

@@ -1,0 +1,447 @@
+"""Prompt scorers for `upfront` routing: a score in [0, 1] before any tier generates a token.
+
+The score estimates how much escalating this prompt is worth (the chance the cheap tier gets it
+wrong where the frontier tier would not); the router escalates when score > threshold, so only
+the ranking matters and `tierserve calibrate` picks the threshold for a target escalation share.
+
+Everything here runs on the router's request path: pure Python and numpy, no scikit-learn, and
+no work at import beyond compiling a few regexes. Two scorers:
+
+- `HeuristicScorer`: no training, a transparent logistic of saturating difficulty signals.
+- `LinearScorer`: logistic regression over hashed word and character n-grams, trained offline by
+  `tierserve calibrate` with scikit-learn and re-implemented here (same tokenisers, same
+  MurmurHash3 buckets and signs, same l2 normalisation: scores agree to float rounding), loaded
+  from a JSON file of the non-zero weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+FORMAT = "tierserve.linear-scorer/v1"
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the router calls per request: a pure function of the prompt text."""
+
+    def score(self, text: str) -> float:
+        """Escalation score in [0, 1]; higher means escalating is more worth it."""
+        ...
+
+
+def _sigmoid(z: float) -> float:
+    # Both branches avoid overflow in exp for large |z|.
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Heuristic scorer
+# ---------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+_DIGIT = re.compile(r"\d")
+_MATH_CHAR = re.compile("[=+*/^<>%$√∑∫π±÷≤≥≠∞\u00d7]")  # \u00d7: multiplication sign
+_CODE_CHAR = re.compile(r"[{}\[\];`|\\#]|==|!=|->|=>|::|\(\)")
+
+
+def _wordset(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+MATH_WORDS = _wordset(
+    "solve equation equations integral derivative probability calculate compute evaluate "
+    "prove proof theorem matrix vector polynomial function sum product ratio percent "
+    "percentage average mean variance log sqrt modulo prime factor divisible remainder "
+    "simplify expression coefficient"
+)
+CODE_WORDS = _wordset(
+    "def return import class function const var let public private static void int float "
+    "string bool lambda struct printf print println select insert join where null none "
+    "true false async await python javascript java rust sql regex compile runtime api "
+    "algorithm recursion pointer array"
+)
+STEP_WORDS = _wordset(
+    "step steps first then next after before finally therefore explain why justify derive "
+    "compare contrast analyze analyse total each remaining left more less times twice half "
+    "altogether per rate if"
+)
+
+
+@dataclass(frozen=True)
+class HeuristicScorer:
+    """A hand-set logistic of prompt-difficulty signals: no training, no dependencies.
+
+    Each signal is a count c turned into f = 1 - exp(-c / scale) in [0, 1): the first few
+    occurrences matter most and no single signal can dominate. The score is
+    sigmoid(bias + sum(weight * f)) with weights >= 0, so it is bounded in
+    [sigmoid(bias), sigmoid(bias + sum(weights))] inside (0, 1), and it never decreases when text
+    is appended after a whitespace (every count only grows). Signals: words (length), digits,
+    math symbols and words, code symbols and words, multi-step markers, question marks, and long
+    (>= 10 letters, hence rare by Zipf's law) words. The weights are hand-set, checked against
+    RouteLLM's training split but not fitted; a trained `LinearScorer` ranks better on data like
+    its training data. Either way `tierserve calibrate` (or `quality.threshold_for_share` on
+    logged scores) turns a target escalation share into a threshold.
+    """
+
+    bias: float = -2.5
+    # signal -> (weight, scale). Prompt length dominates: it is the strongest prompt-only signal
+    # on RouteLLM's MMLU/GSM8K labels (APGR 0.58 alone); long words get little weight because on
+    # MMLU they mark jargon-heavy recall questions the weak model knows (APGR 0.47 alone).
+    signals: Mapping[str, tuple[float, float]] = field(
+        default_factory=lambda: {
+            "words": (2.5, 150.0),
+            "digits": (0.4, 8.0),
+            "math": (0.4, 4.0),
+            "code": (1.5, 3.0),
+            "steps": (0.8, 4.0),
+            "questions": (0.2, 2.0),
+            "rare_words": (0.2, 10.0),
+        }
+    )
+
+    def counts(self, text: str) -> dict[str, int]:
+        """The raw counts behind the score, for explaining a routing decision."""
+        words = _WORD.findall(text.lower())
+        math_words = code_words = step_words = rare = 0
+        for w in words:
+            if w in MATH_WORDS:
+                math_words += 1
+            if w in CODE_WORDS or "_" in w:  # keywords and snake_case identifiers
+                code_words += 1
+            if w in STEP_WORDS:
+                step_words += 1
+            if len(w) >= 10:
+                rare += 1
+        return {
+            "words": len(words),
+            "digits": len(_DIGIT.findall(text)),
+            "math": len(_MATH_CHAR.findall(text)) + math_words,
+            "code": len(_CODE_CHAR.findall(text)) + code_words,
+            "steps": step_words,
+            "questions": text.count("?"),
+            "rare_words": rare,
+        }
+
+    def score(self, text: str) -> float:
+        z = self.bias
+        for name, count in self.counts(text).items():
+            weight, scale = self.signals[name]
+            z += weight * (1.0 - math.exp(-count / scale))
+        return _sigmoid(z)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The lowest and highest score any text can get."""
+        return _sigmoid(self.bias), _sigmoid(self.bias + sum(w for w, _ in self.signals.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear scorer over hashed n-grams (scikit-learn's HashingVectorizer, re-implemented)
+# ---------------------------------------------------------------------------------------------
+
+_MASK = 0xFFFFFFFF
+
+
+def murmurhash3_32(data: bytes, seed: int = 0) -> int:
+    """MurmurHash3 x86_32 as a signed int32: sklearn's `murmurhash3_32(..., positive=False)`."""
+    n = len(data)
+    h = seed & _MASK
+    blocks = n >> 2
+    if blocks:
+        for k in struct.unpack_from(f"<{blocks}I", data):
+            k = (k * 0xCC9E2D51) & _MASK
+            k = ((k << 15) | (k >> 17)) & _MASK
+            h ^= (k * 0x1B873593) & _MASK
+            h = ((h << 13) | (h >> 19)) & _MASK
+            h = (h * 5 + 0xE6546B64) & _MASK
+    tail = n & 3
+    if tail:
+        k = int.from_bytes(data[n - tail :], "little")
+        k = (k * 0xCC9E2D51) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        h ^= (k * 0x1B873593) & _MASK
+    h ^= n
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    h ^= h >> 16
+    return h - 0x100000000 if h & 0x80000000 else h
+
+
+def _code(gram: str, n_features: int) -> int:
+    """sklearn's bucket and alternate sign for one n-gram, as sign * (bucket + 1)."""
+    # sklearn encodes strictly; surrogatepass keeps a malformed prompt from failing a request.
+    h = murmurhash3_32(gram.encode("utf-8", "surrogatepass"))
+    if h == -0x80000000:  # abs() would overflow int32: sklearn's special case
+        index = (0x7FFFFFFF - (n_features - 1)) % n_features
+    else:
+        index = abs(h) % n_features
+    return index + 1 if h >= 0 else -(index + 1)
+
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # sklearn's default token_pattern
+_WHITE_SPACES = re.compile(r"\s\s+")
+ANALYZERS = ("word", "char_wb")
+# Per-block memo of n-gram codes. Natural language repeats its words, so after a few hundred
+# prompts nearly every word is a hit and a prompt costs dict lookups, not pure-Python hashing
+# (~1-2 us per n-gram). Bounded by clearing, cheaper on the hot path than LRU bookkeeping; at
+# the bound the two default blocks' memos hold roughly 40 MB.
+CACHE_MAX = 1 << 17
+
+
+def word_ngrams(text: str, ngram_range: tuple[int, int]) -> list[str]:
+    """sklearn's analyzer='word' (lowercase, default token pattern, no stop words)."""
+    tokens = _TOKEN.findall(text.lower())
+    lo, hi = ngram_range
+    grams = list(tokens) if lo == 1 else []
+    for n in range(max(lo, 2), min(hi, len(tokens)) + 1):
+        grams.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return grams
+
+
+def _char_wb_word(word: str, lo: int, hi: int) -> list[str]:
+    w = f" {word} "
+    size = len(w)
+    grams = []
+    for n in range(lo, hi + 1):
+        if size <= n:  # a word shorter than n counts once, whole
+            grams.append(w)
+            break
+        grams.extend(w[i : i + n] for i in range(size - n + 1))
+    return grams
+
+
+def char_wb_ngrams(text: str, ngram_range: tuple[int, int]) -> list[str]:
+    """sklearn's analyzer='char_wb': n-grams inside space-padded words."""
+    lo, hi = ngram_range
+    grams: list[str] = []
+    for word in _WHITE_SPACES.sub(" ", text.lower()).split():
+        grams.extend(_char_wb_word(word, lo, hi))
+    return grams
+
+
+_EMPTY_INT = np.zeros(0, dtype=np.intp)
+_EMPTY_FLOAT = np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class HashedNgrams:
+    """One HashingVectorizer block: analyzer, n-gram range, buckets; alternate_sign, l2 norm."""
+
+    analyzer: str
+    ngram_range: tuple[int, int]
+    n_features: int
+    # key (a word for char_wb, an n-gram for word) -> its codes as native int32 bytes: compact
+    # (~0.2 kB an entry) and joined into one array per prompt without per-element Python work.
+    _memo: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.ngram_range
+        if self.analyzer not in ANALYZERS:
+            raise ValueError(f"analyzer must be one of {ANALYZERS}, got {self.analyzer!r}")
+        if not 1 <= lo <= hi or not 1 <= self.n_features < 2**31:
+            raise ValueError(f"bad n-gram block {self}")
+
+    def grams(self, text: str) -> list[str]:
+        if self.analyzer == "word":
+            return word_ngrams(text, self.ngram_range)
+        return char_wb_ngrams(text, self.ngram_range)
+
+    def codes(self, text: str) -> NDArray[np.int32]:
+        """sign * (bucket + 1) of every n-gram of `text`, memoised per word or word n-gram."""
+        memo = self._memo
+        if len(memo) >= CACHE_MAX:
+            memo.clear()
+        n, (lo, hi) = self.n_features, self.ngram_range
+        char_wb = self.analyzer == "char_wb"
+        if char_wb:
+            keys = _WHITE_SPACES.sub(" ", text.lower()).split()
+        else:
+            keys = word_ngrams(text, self.ngram_range)
+        parts = []
+        for key in keys:
+            codes = memo.get(key)
+            if codes is None:
+                grams = _char_wb_word(key, lo, hi) if char_wb else [key]
+                codes = memo[key] = np.array([_code(g, n) for g in grams], np.int32).tobytes()
+            parts.append(codes)
+        return np.frombuffer(b"".join(parts), dtype=np.int32)
+
+    def vector(self, text: str) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        """(buckets, values): the non-zero entries of sklearn's l2-normalised row for `text`."""
+        codes = self.codes(text)
+        # Summed signs per bucket; a dense count up to the largest bucket beats sorting.
+        counts = np.bincount(np.abs(codes) - 1, weights=np.sign(codes).astype(np.float64))
+        buckets = np.flatnonzero(counts)  # colliding n-grams of opposite sign may cancel
+        values = counts[buckets]
+        norm = math.sqrt(float(values @ values))
+        if norm == 0.0:
+            return _EMPTY_INT, _EMPTY_FLOAT
+        return buckets, values / norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "analyzer": self.analyzer,
+            "ngram_range": list(self.ngram_range),
+            "n_features": self.n_features,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HashedNgrams:
+        lo, hi = d["ngram_range"]
+        return cls(str(d["analyzer"]), (int(lo), int(hi)), int(d["n_features"]))
+
+
+# Words carry topic; char 3-4-grams inside words carry morphology, numbers, units and rare terms
+# that whole words miss. Word bigrams added nothing on held-out RouteLLM data (APGR 0.658 with,
+# 0.663 without) but cost a cache miss, hence ~2 us of pure-Python hashing, per novel bigram.
+# 2^14 buckets per block: ~32k weights (~0.6 MB of JSON), ranking as well as 2^18 (within noise).
+DEFAULT_BLOCKS = (
+    HashedNgrams("word", (1, 1), 1 << 14),
+    HashedNgrams("char_wb", (3, 4), 1 << 14),
+)
+
+
+@dataclass(frozen=True)
+class LinearScorer:
+    """sigmoid(intercept + sum over blocks of weights . hashed l2-normalised n-grams).
+
+    Equal (to float rounding) to scikit-learn's LogisticRegression.predict_proba on the
+    horizontally stacked HashingVectorizer outputs of `blocks`; `tierserve calibrate` trains
+    it. The file keeps only non-zero weights, {bucket: weight} per block; in memory each block's
+    weights are a dense array, so a prompt's dot product is one numpy gather.
+    """
+
+    blocks: tuple[HashedNgrams, ...]
+    weights: tuple[Mapping[int, float], ...]
+    intercept: float
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    _dense: tuple[NDArray[np.float64], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != len(self.weights):
+            raise ValueError("one weight map per feature block")
+        dense = []
+        for block, weights in zip(self.blocks, self.weights, strict=True):
+            w = np.zeros(block.n_features)
+            if weights:
+                index = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
+                if index.min() < 0 or index.max() >= block.n_features:
+                    raise ValueError(f"weight index out of range for {block}")
+                w[index] = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
+            dense.append(w)
+        object.__setattr__(self, "_dense", tuple(dense))
+
+    @property
+    def coef(self) -> NDArray[np.float64]:
+        """All blocks' weights as one dense vector, the layout of sklearn's stacked matrix."""
+        return np.concatenate(self._dense)
+
+    def decision(self, text: str) -> float:
+        """The logit: intercept + weights . features."""
+        z = self.intercept
+        for block, w in zip(self.blocks, self._dense, strict=True):
+            buckets, values = block.vector(text)
+            z += float(values @ w[buckets])
+        return z
+
+    def score(self, text: str) -> float:
+        return _sigmoid(self.decision(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        blocks = []
+        for block, weights in zip(self.blocks, self.weights, strict=True):
+            items = sorted(weights.items())
+            blocks.append(
+                {
+                    **block.to_dict(),
+                    "index": [i for i, _ in items],
+                    # 8 significant digits: scores stay within ~1e-8 of the trained model's.
+                    "weight": [float(f"{w:.8g}") for _, w in items],
+                }
+            )
+        return {
+            "format": FORMAT,
+            "intercept": self.intercept,
+            "blocks": blocks,
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LinearScorer:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file (format={d.get('format')!r})")
+        blocks, weights = [], []
+        for b in d["blocks"]:
+            block = HashedNgrams.from_dict(b)
+            index: Sequence[int] = b["index"]
+            weight: Sequence[float] = b["weight"]
+            if len(index) != len(weight):
+                raise ValueError("index and weight lists differ in length")
+            blocks.append(block)
+            weights.append({int(i): float(w) for i, w in zip(index, weight, strict=True) if w})
+        return cls(tuple(blocks), tuple(weights), float(d["intercept"]), d.get("meta") or {})
+
+    def save(self, path: str | Path) -> int:
+        """Write the compact JSON; returns its size in bytes."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"))
+        Path(path).write_text(text)
+        return len(text.encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearScorer:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read scorer file {path}: {e}") from e
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad scorer file {path}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_scorer(spec: Mapping[str, Any]) -> Scorer:
+    """The scorer a router `user_config` names.
+
+    `{"type": "heuristic"}` (optionally with "bias" and "signals" overrides) or
+    `{"type": "linear", "path": "/models/scorer.json"}`. Raises ValueError with the reason, so a
+    bad config fails the reconfigure rather than a request.
+    """
+    kind = spec.get("type", "heuristic")
+    if kind == "heuristic":
+        default = HeuristicScorer()
+        signals = dict(default.signals)
+        for name, value in (spec.get("signals") or {}).items():
+            if name not in signals:
+                raise ValueError(f"unknown heuristic signal {name!r}; known: {sorted(signals)}")
+            try:
+                weight, scale = (float(v) for v in value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"signal {name!r}: expected [weight, scale], got {value!r}") from e
+            if not (0 <= weight < math.inf and 0 < scale < math.inf):
+                raise ValueError(f"signal {name!r}: weight must be >= 0 and scale > 0")
+            signals[name] = (weight, scale)
+        return HeuristicScorer(bias=float(spec.get("bias", default.bias)), signals=signals)
+    if kind == "linear":
+        if not spec.get("path"):
+            raise ValueError('a linear scorer needs "path" to its JSON file')
+        return LinearScorer.load(spec["path"])
+    raise ValueError(f"unknown scorer type {kind!r}; use 'heuristic' or 'linear'")
