@@ -7,13 +7,13 @@ export TIERSERVE_CACHE ?= $(HOME)/.cache/tierserve
 export HF_HUB_OFFLINE := 1
 BIN := .venv/bin
 
-.PHONY: help demo test unit integration lint deps venv system binaries models \
+.PHONY: help demo test unit integration lint crds deps venv system binaries models \
         controlplane-up controlplane-down clean
 
 help:
 	@echo "make demo   - run tierserve locally on generated tiny models (installs what it needs)"
 	@echo "make test   - run the whole test suite against real components (installs what it needs)"
-	@echo "other targets: unit integration lint deps controlplane-up controlplane-down clean"
+	@echo "other targets: unit integration lint crds deps controlplane-up controlplane-down clean"
 
 demo: venv models
 	$(BIN)/tierserve up
@@ -32,6 +32,12 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy bench
+	$(BIN)/tierserve crds --check $(CRD_DIRS:%=--out %)
+
+# The ModelTier CRD, generated from tierserve/api: crds/ and the Helm chart's copy.
+CRD_DIRS := crds charts/tierserve/crds
+crds: venv
+	$(BIN)/tierserve crds $(CRD_DIRS:%=--out %)
 
 deps: venv system binaries models
 

@@ -2,8 +2,9 @@
 
 One level-based `reconcile` serves create, update, resume and a periodic timer, so a missed
 event, an operator restart or a hand-edited RayService all converge the same way. The operator
-writes the ModelTier's status only (Kopf's own bookkeeping included), never its spec or
-metadata, so GitOps tools see no drift.
+writes the ModelTier's status only (Kopf's own bookkeeping included) plus Kopf's finalizer, never
+its spec, labels or annotations, so GitOps tools see no drift. Kopf needs the finalizer to stop the
+resync timer and autoscaler daemon cleanly: delete ModelTiers before uninstalling the operator.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.posting.level = logging.INFO
+    # We watch only ModelTiers in the namespaces we were given: no cluster-wide CRD or namespace
+    # scans, which least-privilege RBAC (rightly) forbids.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tierserve.testing.controlplane",
         "build/start/stop the local Kubernetes control plane (up | down | status | build)",
     ),
+    "calibrate": (
+        "tierserve.calibrate",
+        "train the upfront prompt scorer and choose its threshold from labelled data",
+    ),
     "crds": ("tierserve.api.crd", "generate the ModelTier CRD YAML from the pydantic models"),
     "operator": ("tierserve.operator.main", "run the Kopf operator (health and metrics endpoints)"),
     "plan": ("tierserve.cost", "cost per request of a routing share vs an all-top-tier fleet"),

