@@ -16,19 +16,18 @@ import copy
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 from kubernetes import client, config
 
 from tierserve.api.crd import CRD_FILE
 from tierserve.testing import controlplane
-from tierserve.testing.proc import free_port, logs_dir, start, wait_until
+from tierserve.testing.operator_run import start_operator
+from tierserve.testing.proc import logs_dir, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "bench"
@@ -86,34 +85,8 @@ def main() -> None:
         api_client = config.new_client_from_config(config_file=str(info.kubeconfig))
         custom = client.CustomObjectsApi(api_client)
 
-        health = free_port()
-        log = logs_dir() / "operator-bench.log"
-        operator = start(
-            "operator",
-            [
-                sys.executable,
-                "-m",
-                "tierserve.cli",
-                "operator",
-                "-n",
-                NS,
-                "--standalone",
-                "--metrics-port",
-                "0",
-                "--health",
-                f"http://127.0.0.1:{health}/healthz",
-            ],
-            log=log,
-            env={**env, "TIERSERVE_RESYNC_SECONDS": "30"},
-        )
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-            timeout=60,
-            component="operator",
-            what="healthy",
-            log=log,
-            proc=operator.popen,
-        )
+        log = logs_dir() / f"operator-{NS}.log"
+        operator = start_operator(env, NS, resync=30.0)
         base = yaml.safe_load((ROOT / "examples" / "support-assistant.yaml").read_text())
 
         def body(name: str) -> dict[str, Any]:

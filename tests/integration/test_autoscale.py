@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from tests.fixtures.operator import start_operator
+from tests.waiting import eventually
 from tierserve.testing.controlplane import ControlPlaneInfo
 from tierserve.testing.proc import free_port
 from tierserve.testing.prometheus import Prometheus
@@ -52,16 +53,6 @@ def get(kubectl: Run, kind: str, name: str, ns: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def metrics_condition(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
     status = get(kubectl, "mt", name, ns).get("status") or {}
     return next((c for c in status.get("conditions") or [] if c["type"] == "MetricsAvailable"), {})
@@ -83,7 +74,7 @@ def test_unreachable_prometheus_holds_the_threshold_and_says_why(
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(url)))
-    cond = wait_for(
+    cond = eventually(
         lambda: (
             (c := metrics_condition(kubectl, "support-assistant", namespace)).get("status")
             == "False"
@@ -120,7 +111,7 @@ def test_signals_from_prometheus_move_the_threshold_within_bounds(
         traffic()
         prometheus.wait_for_series('ray_tierserve_requests_total{modeltier="support-assistant"}')
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(prometheus.url)))
-        rayservice = wait_for(
+        rayservice = eventually(
             lambda: get(kubectl, "rayservice", "support-assistant", namespace), "RayService"
         )
         workers_before = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
@@ -131,7 +122,7 @@ def test_signals_from_prometheus_move_the_threshold_within_bounds(
             esc = status.get("escalation") or {}
             return status if esc.get("threshold", 0) >= 0.7 else None
 
-        status = wait_for(
+        status = eventually(
             raised, "the threshold to rise above 0.7", timeout=stop - time.monotonic()
         )
         esc = status["escalation"]

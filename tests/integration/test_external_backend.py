@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,45 +15,22 @@ import pytest
 import yaml
 
 from tests.fixtures.operator import start_operator
+from tests.waiting import eventually
 from tierserve.testing.controlplane import ControlPlaneInfo
 from tierserve.testing.proc import free_port
 from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import serve_on_loopback
+from tierserve.testing.tiered import serve_on_loopback, tiny_modeltier
 from tierserve.testing.tinymodels import TinyModels
 
 pytestmark = pytest.mark.integration
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-CPU_ENGINE = {
-    "enforce_eager": True,
-    "dtype": "float32",
-    "max_model_len": 256,
-    "gpu_memory_utilization": 0.2,
-}
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
 
 def modeltier(name: str, dashboard: str, models: dict[str, str], route: str) -> dict[str, Any]:
-    def tier(tier_name: str, cost: float) -> dict[str, Any]:
-        return {
-            "name": tier_name,
-            "model": {"source": models[tier_name]},
-            "gpusPerReplica": 0,
-            "engineArgs": CPU_ENGINE,
-            "env": CPU_ENV,
-            "costPerHour": cost,
-        }
-
-    return {
-        "apiVersion": "tierserve.io/v1alpha1",
-        "kind": "ModelTier",
-        "metadata": {"name": name},
-        "spec": {
-            "tiers": [tier("small", 0.1), tier("large", 1.23)],
-            "routing": {"mode": "cascade", "escalation": {"threshold": 0.5}},
-            "ray": {"backend": "external", "dashboardURL": dashboard, "routePrefix": route},
-        },
-    }
+    doc = tiny_modeltier(name, models, dashboard_url=dashboard, route_prefix=route)
+    del doc["metadata"]["namespace"]  # kubectl -n decides
+    return doc
 
 
 def mt_status(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
@@ -64,16 +40,6 @@ def mt_status(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_external_modeltier_serves_requests_and_is_removed_on_delete(
@@ -98,7 +64,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
             assert condition(status, "Degraded").get("status") != "True", status
             return status if condition(status, "Ready").get("status") == "True" else None
 
-        status = wait_for(ready, "the ModelTier to be Ready", timeout=900)
+        status = eventually(ready, "the ModelTier to be Ready", timeout=900)
         assert status["ready"] == "2/2"
         assert [t["name"] for t in status["tiers"]] == ["small", "large"]
         assert all(t["ready"] for t in status["tiers"])
@@ -143,7 +109,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
         assert bad.json()["error"]["param"] == "model"
 
         kubectl("delete", "mt", "tiny-sums", "-n", namespace, "--timeout=120s")
-        wait_for(
+        eventually(
             lambda: (
                 app_name not in (httpx.get(apps_url, timeout=10).json().get("applications") or {})
             ),
@@ -167,7 +133,7 @@ def test_unreachable_dashboard_is_degraded_not_a_crash(
             cond = condition(mt_status(kubectl, "nowhere", namespace), "Degraded")
             return cond if cond.get("status") == "True" else None
 
-        cond = wait_for(degraded, "a Degraded condition", timeout=60)
+        cond = eventually(degraded, "a Degraded condition", timeout=60)
         assert cond["reason"] == "DashboardUnreachable"
         assert closed in cond["message"]
         events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
