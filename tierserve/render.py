@@ -65,6 +65,9 @@ def llm_config(tier: Tier) -> dict[str, Any]:
         },
         "engine_kwargs": engine_kwargs,
         "placement_group_config": {"bundles": placement_bundles(tier), "strategy": "PACK"},
+        # vLLM's own metrics (queue, KV cache, time to first token), labelled with the model id:
+        # the threshold autoscaler reads the top tier's queue and latency from them.
+        "log_engine_metrics": True,
         "deployment_config": {
             "autoscaling_config": {
                 "min_replicas": tier.replicas.min,
