@@ -150,6 +150,9 @@ def threshold_for_share(scores: ArrayLike, share: float) -> float:
     n = len(s)
     # Threshold candidates: the max (share 0), midpoints between distinct scores, below the min.
     mids = (values[:-1] + values[1:]) / 2.0
+    # Adjacent floats have no midpoint: it rounds up to the upper score, which would move that
+    # score below the bar. The lower score is then the threshold with the same share.
+    mids = np.where(mids < values[1:], mids, values[:-1])
     candidates = np.concatenate([[values[-1]], mids[::-1], [np.nextafter(values[0], -np.inf)]])
     shares = (n - np.searchsorted(np.sort(s), candidates, side="right")) / n
     best = int(np.argmin(np.abs(shares - share) + 1e-12 * shares))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tierserve import quality
@@ -68,6 +68,7 @@ def test_curve_runs_from_all_weak_to_all_strong_with_matching_thresholds() -> No
     scores=st.lists(st.floats(0, 1), min_size=1, max_size=300),
     target=st.floats(0, 1),
 )
+@example(scores=[0.0, 1.0, 0.9999999999999999], target=0.25)  # adjacent floats: no midpoint
 def test_threshold_for_share_is_the_closest_achievable_share(
     scores: list[float], target: float
 ) -> None:
