@@ -32,12 +32,12 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy bench
-	$(BIN)/tierserve crds --check $(CRD_DIRS:%=--out %)
+	$(BIN)/tierserve crds --check $(CRD_DIRS:%=--out %) --docs docs/reference/modeltier.md
 
 # The ModelTier CRD, generated from tierserve/api: crds/ and the Helm chart's copy.
 CRD_DIRS := crds charts/tierserve/crds
 crds: venv
-	$(BIN)/tierserve crds $(CRD_DIRS:%=--out %)
+	$(BIN)/tierserve crds $(CRD_DIRS:%=--out %) --docs docs/reference/modeltier.md
 
 deps: venv system binaries models
 

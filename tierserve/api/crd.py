@@ -175,26 +175,32 @@ CRD_FILE = "modeltiers.tierserve.io.yaml"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`tierserve crds [--out DIR ...] [--check]`: write the CRD, or fail if a file is stale."""
+    """`tierserve crds [--out DIR ...] [--docs FILE] [--check]`: write the CRD (and the ModelTier
+    reference), or fail if a file is stale."""
     import argparse
     import sys
     from pathlib import Path
 
+    from tierserve.api import reference
+
     parser = argparse.ArgumentParser(prog="tierserve crds", description=main.__doc__)
     parser.add_argument("--out", action="append", help="directory (repeatable); default crds/")
+    parser.add_argument("--docs", help=f"also the Markdown reference, e.g. {reference.DOC_FILE}")
     parser.add_argument("--check", action="store_true", help="exit 1 if a file differs")
     args = parser.parse_args(argv)
     text = render_yaml()
+    files = {Path(out) / CRD_FILE: text for out in args.out or ["crds"]}
+    if args.docs:
+        files[Path(args.docs)] = reference.render(crd(), Path(__file__).resolve().parents[2])
     stale = []
-    for out in args.out or ["crds"]:
-        path = Path(out) / CRD_FILE
+    for path, content in files.items():
         if args.check:
-            if not path.exists() or path.read_text() != text:
+            if not path.exists() or path.read_text() != content:
                 stale.append(str(path))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_text(content)
             print(f"wrote {path}")
     if stale:
-        print(f"stale generated CRD: {', '.join(stale)}; run `tierserve crds`", file=sys.stderr)
+        print(f"stale generated file: {', '.join(stale)}; run `make crds`", file=sys.stderr)
         sys.exit(1)
