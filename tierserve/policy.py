@@ -478,8 +478,8 @@ def decide(
 
 def _duration(seconds: float) -> str:
     if seconds < 120:
-        return f"{seconds:.0f}s"
-    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+        return f"{seconds:.3g}s"
+    return f"{seconds / 60:.3g}m" if seconds < 7200 else f"{seconds / 3600:.3g}h"
 
 
 def hold_or_revert(
@@ -491,20 +491,21 @@ def hold_or_revert(
     """No signals: hold (the last decision was made on evidence); after the grace period walk
     back to the spec's threshold at most `maxStep` per interval (never a jolt to the frontier).
 
-    Rate evidence is dropped (it is stale); the learned slope and capacity are kept.
+    The reason names the state, not how long it has lasted: it goes into status, and a text
+    that ticked with the clock would rewrite the object every interval of a steady outage. When
+    the outage began is the `MetricsAvailable` condition's lastTransitionTime. Rate evidence is
+    dropped (it is stale); the learned slope and capacity are kept.
     """
     m = memory or PolicyMemory()
     lo, hi = params.min_threshold, params.max_threshold
     spec = _clamp(params.spec_threshold, lo, hi)
     cur = _clamp(current, lo, hi)
     kept = PolicyMemory(slope=m.slope, capacity=m.capacity, unavailable_seconds=unavailable_seconds)
-    missing = f"no signals for {_duration(unavailable_seconds)}"
+    grace = _duration(params.grace_seconds)
     if unavailable_seconds < params.grace_seconds:
-        reason = (
-            f"{missing}: holding {_num(cur)} (back to the spec's {_num(spec)} after "
-            f"{_duration(params.grace_seconds)})"
-        )
+        reason = f"no signals: holding {_num(cur)}, back to the spec's {_num(spec)} after {grace}"
         return Decision(cur, cur, reason, "SignalsUnavailable", kept)
+    missing = f"no signals for over {grace}"
     if cur == spec:
         return Decision(
             cur, spec, f"{missing}: at the spec's threshold", "SignalsUnavailable", kept

@@ -87,6 +87,18 @@ def test_unreachable_prometheus_holds_the_threshold_and_says_why(
     assert live["status"]["escalation"]["threshold"] == 0.6
     assert live["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
 
+    # A steady outage is one status write, not one per interval: over several 2s intervals
+    # (and a 5s resync of the reconcile) the object is not written again.
+    version = live["metadata"]["resourceVersion"]
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = get(kubectl, "mt", "support-assistant", namespace)
+        assert now["metadata"]["resourceVersion"] == version, (
+            live["status"]["escalation"],
+            now["status"]["escalation"],
+        )
+
 
 def test_signals_from_prometheus_move_the_threshold_within_bounds(
     kubectl: Run, namespace: str, operator_in: None, prometheus: Prometheus

@@ -295,7 +295,7 @@ def test_hold_or_revert_holds_then_walks_back_to_the_spec() -> None:
     p = replace(PARAMS, spec_threshold=0.5, grace_seconds=120.0)
     held = hold_or_revert(0.3, p, 60.0)
     assert held.threshold == 0.3 and held.constraint == "SignalsUnavailable"
-    assert "no signals for 60s: holding 0.3" in held.reason
+    assert held.reason == "no signals: holding 0.3, back to the spec's 0.5 after 2m"
     path, t, missing = [], 0.3, 0.0
     memory = PolicyMemory(slope=2.5, capacity=3.0)
     for _ in range(12):
@@ -307,6 +307,24 @@ def test_hold_or_revert_holds_then_walks_back_to_the_spec() -> None:
     assert missing == 360.0 and memory.slope == 2.5 and memory.capacity == 3.0
     back = decide(t, Signals(escalation_rate=0.25, request_rate=10), p, memory)
     assert back.memory.unavailable_seconds == 0.0
+
+
+def test_a_steady_outage_gives_the_same_reason_every_interval() -> None:
+    """The reason goes into status: text that ticked with the outage's length would make the
+    operator rewrite the object every interval. It changes only when the state does."""
+    p = replace(PARAMS, spec_threshold=0.5, grace_seconds=120.0)
+    reasons, t, memory = [], 0.4, PolicyMemory()
+    for _ in range(10):
+        d = decide(t, Signals(), p, memory)
+        t, memory = d.threshold, d.memory
+        reasons.append((d.threshold, d.reason))
+    holding = ["no signals: holding 0.4, back to the spec's 0.5 after 2m"] * 3
+    assert [r for _, r in reasons[:3]] == holding
+    assert reasons[3:5] == [
+        (0.45, "no signals for over 2m: returning to the spec's threshold 0.5"),
+        (0.5, "no signals for over 2m: returning to the spec's threshold 0.5"),
+    ]
+    assert set(reasons[5:]) == {(0.5, "no signals for over 2m: at the spec's threshold")}
 
 
 @settings(max_examples=200, deadline=None)
