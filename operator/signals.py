@@ -8,6 +8,7 @@ as missing, never as zero.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -76,18 +77,24 @@ def parse_value(body: object, now: float) -> float | None:
 async def read_signals(
     client: httpx.AsyncClient, prometheus_url: str, promql: dict[str, str], timeout: float = 5.0
 ) -> Reading:
+    """Every query at once, so a slow or hung Prometheus costs one timeout per interval, not one
+    per signal (the policy counts a missing interval as `interval` towards the grace period)."""
     url = prometheus_url.rstrip("/") + "/api/v1/query"
-    values: dict[str, float | None] = {}
-    reached = False
-    error = ""
-    for name, query in promql.items():
+
+    async def one(query: str) -> tuple[float | None, str]:
         try:
             r = await client.get(url, params={"query": query}, timeout=timeout)
-            reached = True
-            values[name] = parse_value(r.json(), time.time()) if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            error = f"Prometheus at {prometheus_url} is unreachable: {type(exc).__name__}: {exc}"
-            values[name] = None
-    if reached:
-        error = ""
+        except httpx.HTTPError as exc:
+            why = f"Prometheus at {prometheus_url} is unreachable: {type(exc).__name__}: {exc}"
+            return None, why
+        try:
+            body = r.json() if r.status_code == 200 else None
+        except ValueError:
+            body = None
+        return parse_value(body, time.time()), ""
+
+    answers = await asyncio.gather(*(one(q) for q in promql.values()))
+    values = {name: value for name, (value, _) in zip(promql, answers, strict=True)}
+    errors = [why for _, why in answers]
+    error = "" if any(not why for why in errors) else errors[-1] if errors else ""
     return Reading(Signals(**values), error)

@@ -98,27 +98,27 @@ class Signals:
 
 @dataclass(frozen=True)
 class PolicyParams:
-    """The spec's escalation settings, plus the knobs proposed for the API (with defaults)."""
+    """The spec's escalation settings (`spec.routing.escalation` and its `autoscale`).
+
+    The defaults are the API's, so a bare `PolicyParams()` behaves like a spec that sets
+    nothing but the Prometheus URL."""
 
     spec_threshold: float = 0.5
     min_threshold: float = 0.0
     max_threshold: float = 1.0
     budget: float = 0.25  # autoscale.maxEscalationRate
     queue_target: float = 5.0  # autoscale.frontierQueueTarget
-    max_step: float = 0.05
-    interval_seconds: float = 30.0
-    # Proposed knobs (not in v1alpha1 yet):
-    latency_target: float | None = None  # frontierLatencyTarget: p95 TTFT, seconds; None = off
-    agreement_target: float | None = None  # agreementTarget: None = always spend the budget
-    rate_tolerance: float = 0.01  # rateTolerance: deadband around the budget (share)
-    queue_hold_fraction: float = 0.5  # queue in (fraction x target, target] holds the threshold
-    grace_seconds: float = 300.0  # signalGracePeriod: hold this long, then return to the spec
+    max_step: float = 0.05  # autoscale.maxStep
+    interval_seconds: float = 30.0  # autoscale.interval
+    latency_target: float | None = None  # autoscale.frontierLatencyTarget: p95 TTFT, s; None=off
+    agreement_target: float | None = None  # autoscale.agreementTarget: None = spend the budget
+    rate_tolerance: float = 0.01  # autoscale.rateTolerance: deadband around the budget (share)
+    grace_seconds: float = 300.0  # autoscale.signalGracePeriod: hold, then back to the spec
+    queue_hold_fraction: float = 0.5  # queue in (fraction x target, target] holds (not in API)
     offloads_lower: bool = False  # upfront/hybrid: escalated requests skip the lower tiers
 
     @classmethod
-    def from_spec(
-        cls, escalation: Escalation, mode: str = "cascade", **proposed: Any
-    ) -> PolicyParams:
+    def from_spec(cls, escalation: Escalation, mode: str = "cascade") -> PolicyParams:
         """Parameters from `spec.routing.escalation` (autoscale must be set)."""
         auto = escalation.autoscale
         if auto is None:
@@ -131,8 +131,11 @@ class PolicyParams:
             queue_target=auto.frontier_queue_target,
             max_step=auto.max_step,
             interval_seconds=parse_duration(auto.interval),
+            latency_target=auto.frontier_latency_target,
+            agreement_target=auto.agreement_target,
+            rate_tolerance=auto.rate_tolerance,
+            grace_seconds=parse_duration(auto.signal_grace_period),
             offloads_lower=mode in ("upfront", "hybrid"),
-            **proposed,
         )
 
 

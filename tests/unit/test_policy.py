@@ -10,8 +10,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from tierserve.api.v1alpha1 import Escalation
+from tierserve.api.v1alpha1 import Autoscale, Escalation
 from tierserve.policy import (
     PolicyMemory,
     PolicyParams,
@@ -354,18 +355,75 @@ def test_params_from_the_api() -> None:
                 "maxEscalationRate": 0.1,
                 "frontierQueueTarget": 3,
                 "maxStep": 0.02,
+                "signalGracePeriod": "2m30s",
+                "frontierLatencyTarget": 2.5,
+                "rateTolerance": 0.02,
+                "agreementTarget": 0.92,
             },
         }
     )
-    p = PolicyParams.from_spec(esc, mode="hybrid", latency_target=2.5)
+    p = PolicyParams.from_spec(esc, mode="hybrid")
     assert (p.spec_threshold, p.min_threshold, p.max_threshold) == (0.6, 0.2, 0.9)
     assert (p.budget, p.queue_target, p.max_step, p.interval_seconds) == (0.1, 3.0, 0.02, 90.0)
-    assert p.offloads_lower and p.latency_target == 2.5
+    assert (p.grace_seconds, p.latency_target, p.rate_tolerance) == (150.0, 2.5, 0.02)
+    assert p.offloads_lower and p.agreement_target == 0.92
     with pytest.raises(ValueError, match="autoscale"):
         PolicyParams.from_spec(Escalation())
     assert parse_duration("500ms") == 0.5 and parse_duration("2h") == 7200.0
     with pytest.raises(ValueError):
         parse_duration("30 s")
+
+
+def test_the_api_defaults_are_the_policy_defaults() -> None:
+    """A spec that sets only the Prometheus URL behaves as before the knobs were in the API:
+    5m grace, no latency or agreement target, a 1 pp deadband."""
+    esc = Escalation(autoscale=Autoscale.model_validate({"prometheusURL": "http://prom:9090"}))
+    assert PolicyParams.from_spec(esc) == PolicyParams()
+    d = decide(0.5, Signals(), PolicyParams.from_spec(esc), PolicyMemory(unavailable_seconds=240))
+    assert d.threshold == 0.5 and d.constraint == "SignalsUnavailable"
+
+
+def test_each_knob_reaches_the_decision() -> None:
+    """The API's knobs change what `decide` does, through `from_spec` alone."""
+
+    def params(**knobs: object) -> PolicyParams:
+        auto = {"prometheusURL": "http://prom:9090", "interval": "30s", **knobs}
+        esc = Escalation.model_validate({"threshold": 0.5, "autoscale": auto})
+        return PolicyParams.from_spec(esc)
+
+    held = PolicyMemory(unavailable_seconds=60.0)
+    assert decide(0.3, Signals(), params(), held).threshold == 0.3
+    assert decide(0.3, Signals(), params(signalGracePeriod="1m"), held).threshold == 0.35
+
+    slow = Signals(frontier_latency=3.0, escalation_rate=0.25, request_rate=100)
+    assert decide(0.5, slow, params()).threshold == 0.5
+    assert decide(0.5, slow, params(frontierLatencyTarget=2)).constraint == "FrontierLatency"
+
+    over = Signals(frontier_queue=0.0, escalation_rate=0.28, request_rate=1000)  # 30000 requests
+    assert decide(0.5, over, params()).threshold > 0.5
+    assert decide(0.5, over, params(rateTolerance=0.05)).threshold == 0.5
+
+    agreeing = Signals(escalation_rate=0.25, request_rate=1000, shadow_agreement=0.97)
+    assert decide(0.5, agreeing, params()).threshold == 0.5
+    assert decide(0.5, agreeing, params(agreementTarget=0.9)).constraint == "Quality"
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [
+        ("signalGracePeriod", "5 minutes"),
+        ("signalGracePeriod", "-1m"),
+        ("frontierLatencyTarget", 0),
+        ("frontierLatencyTarget", -1.5),
+        ("rateTolerance", 0.6),
+        ("rateTolerance", -0.01),
+        ("agreementTarget", 1.2),
+    ],
+)
+def test_the_api_refuses_bad_knobs(knob: str, value: object) -> None:
+    auto = {"prometheusURL": "http://prom:9090", knob: value}
+    with pytest.raises(ValidationError, match=knob):
+        Escalation.model_validate({"autoscale": auto})
 
 
 def test_memory_and_signals_serialize_for_status() -> None:

@@ -185,6 +185,41 @@ class Autoscale(_Model):
     max_step: Fraction = Field(
         default=0.05, description="Largest change of the threshold per interval."
     )
+    signal_grace_period: str = Field(
+        default="5m",
+        pattern=DURATION,
+        description=(
+            "How long the threshold holds while signals are missing (Prometheus unreachable, "
+            "no samples) before it walks back to `threshold`, at most maxStep per interval."
+        ),
+    )
+    frontier_latency_target: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds of the top tier's p95 time to first token (vLLM's "
+            "time_to_first_token_seconds histogram over one interval) beyond which to escalate "
+            "less; from 80% of it up the threshold holds. Unset: latency is not a constraint."
+        ),
+    )
+    rate_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description=(
+            "Deadband around maxEscalationRate, as a share of requests: a realized rate this "
+            "close to the budget (or within its sampling noise, if wider) holds the threshold."
+        ),
+    )
+    agreement_target: Fraction | None = Field(
+        default=None,
+        description=(
+            "Share of shadow-sampled lower-tier answers the top tier should agree with (needs "
+            "routing.shadow.sampleRate > 0): above it the lower tier is good enough and the "
+            "threshold rises (fewer escalations, below the budget). Unset: spend the budget."
+        ),
+    )
 
 
 class Escalation(_Model):
