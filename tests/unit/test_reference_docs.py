@@ -170,3 +170,58 @@ def test_crds_check_fails_when_the_reference_is_stale(
         crd.main([*args, "--check"])
     assert exit_.value.code == 1
     assert str(doc) in capsys.readouterr().err
+
+
+# docs/operations.md is prose, but the names in it are facts the code owns: check them.
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
+CHART = ROOT / "charts" / "tierserve"
+
+
+def test_operations_guide_names_only_documented_metrics() -> None:
+    listed = set(
+        re.findall(r"`((?:ray_)?tierserve_\w+)", (ROOT / "docs" / "metrics.md").read_text())
+    )
+    used = set(re.findall(r"\b((?:ray_)?tierserve_[a-z_]+)", OPERATIONS))
+    used = {name for name in used if not name.endswith("_")}  # `tierserve_operator_*` families
+    assert used and used <= listed, f"not in docs/metrics.md: {used - listed}"
+
+
+def test_operations_guide_has_a_runbook_section_per_alert() -> None:
+    alerts = re.findall(
+        r"- alert: (\w+)", (CHART / "templates" / "prometheusrule.yaml").read_text()
+    )
+    assert len(alerts) >= 6
+    for alert in alerts:
+        assert f"\n### {alert}\n" in OPERATIONS, alert
+
+
+def test_operations_guide_lists_every_dashboard_panel() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "tierserve.json").read_text())
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert len(titles) > 10
+    for title in titles:
+        assert title in OPERATIONS, title
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "Serving",
+        "Deploying",
+        "Deployed",
+        "Blocked",
+        "AsExpected",
+        "ApplicationFailed",
+        "InvalidSpec",
+        "RayServiceCRDMissing",
+        "RayServiceRejected",
+        "DashboardUnreachable",
+        "ServeConfigRejected",
+        "SignalsRead",
+        "SignalsUnavailable",
+    ],
+)
+def test_operations_guide_condition_reasons_are_the_codes(reason: str) -> None:
+    code = "".join(p.read_text() for p in (ROOT / "operator").glob("*.py"))
+    assert f'"{reason}"' in code
+    assert f"`{reason}`" in OPERATIONS
