@@ -81,13 +81,18 @@ def build_app(models: Mapping[str, Path | str]) -> Application:
 
 
 def serve_config(
-    models: Mapping[str, Path | str],
+    models: Mapping[str, Path | str] | list[dict[str, Any]],
     *,
     http_port: int = 8000,
     app_name: str = APP_NAME,
     route_prefix: str = "/",
 ) -> dict[str, Any]:
-    """The declarative Serve config deploying `build_app(models)`, proxy on 127.0.0.1."""
+    """The declarative Serve config deploying `build_app(models)`, proxy on 127.0.0.1.
+
+    `models` maps model id -> directory, or is a list of ready LLMConfig dicts."""
+    configs = (
+        models if isinstance(models, list) else [llm_config_dict(m, p) for m, p in models.items()]
+    )
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": http_port},
@@ -96,7 +101,7 @@ def serve_config(
                 "name": app_name,
                 "route_prefix": route_prefix,
                 "import_path": BUILDER,
-                "args": {"llm_configs": [llm_config_dict(m, p) for m, p in models.items()]},
+                "args": {"llm_configs": configs},
             }
         ],
     }
@@ -162,7 +167,7 @@ def served_models(base_url: str) -> set[str]:
 
 def deploy(
     dashboard_url: str,
-    models: Mapping[str, Path | str],
+    models: Mapping[str, Path | str] | list[dict[str, Any]],
     *,
     http_port: int,
     app_name: str = APP_NAME,
@@ -175,7 +180,12 @@ def deploy(
     RUNNING and /v1/models lists every model. Returns the OpenAI base URL
     ("http://127.0.0.1:<port><route_prefix>/v1"). `http_port` is used when this starts Serve; a
     running Serve keeps its proxy port, which is then the one returned."""
-    for model_id, path in models.items():
+    if isinstance(models, list):  # ready LLMConfig dicts (e.g. rendered from a ModelTier)
+        model_ids = {str(c["model_loading_config"]["model_id"]) for c in models}
+        local: dict[str, Path | str] = {}
+    else:
+        model_ids, local = set(models), dict(models)
+    for model_id, path in local.items():
         if not (Path(path) / "config.json").is_file():
             raise ServeError(
                 f"{COMPONENT}: model {model_id!r}: no model at {path} (no config.json)"
@@ -207,7 +217,7 @@ def deploy(
             raise ServeError(f"{COMPONENT}: application {app_name} failed: {_failure(app)}")
         if status == "RUNNING":
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                if set(models) <= served_models(base):
+                if model_ids <= served_models(base):
                     say(f"{COMPONENT}: {app_name} ready ({time.monotonic() - start:.0f}s)")
                     return f"{base}/v1"
         summary = _summary(app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from tierserve.serving import routing
@@ -33,16 +35,39 @@ DONE = "[DONE]"
 
 
 def openai_error(
-    status: int, message: str, param: str | None = None, type_: str = ""
+    status: int,
+    message: str,
+    param: str | None = None,
+    type_: str = "",
+    retry_after: float = 5.0,
 ) -> JSONResponse:
     kind = type_ or ("invalid_request_error" if status < 500 else "service_unavailable")
-    headers = {"Retry-After": "5"} if status in (429, 503) else None
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if status in (429, 503) else None
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 class TierUnavailable(Exception):
     pass
+
+
+class TierOverloaded(TierUnavailable):
+    """Every tier the request may use refused it for backpressure: the client should retry."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _backpressure(exc: BaseException) -> BackPressureError | None:
+    """Serve raises BackPressureError when a tier's `maxQueuedRequests` is full."""
+    for err in (exc, getattr(exc, "cause", None), exc.__cause__):
+        if isinstance(err, BackPressureError):
+            return err
+    return None
+
+
+OVERLOAD_RETRY_AFTER_S = 1.0  # when Serve gives no hint: queues on vLLM drain in about that
 
 
 @dataclass
@@ -191,18 +216,23 @@ class Router:
         self.metrics.decision(time.perf_counter() - started)
         if plan.start > 0 and plan.reason != "pinned":
             self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
+        upfront = score if plan.reason == "upfront-score" else None
         try:
             if body.get("stream"):
-                return await self._stream(cfg, body, chat, plan)
+                return await self._stream(cfg, body, chat, plan, upfront)
             answer = await self._answer(cfg, body, chat, plan)
+        except TierOverloaded as exc:
+            self.metrics.answered(cfg.tiers[plan.start].name, cfg.mode, {}, outcome="overloaded")
+            return openai_error(429, str(exc), None, "rate_limit_exceeded", exc.retry_after)
         except TierUnavailable as exc:
+            self.metrics.answered(cfg.tiers[plan.start].name, cfg.mode, {}, outcome="error")
             return openai_error(503, str(exc))
         except RoutingError as exc:
             return openai_error(exc.status, str(exc), exc.param)
         out = dict(answer.body)
         out["model"] = body.get("model") or self.model_tier
-        if plan.reason == "upfront-score" and score is not None:
-            answer.escalated, answer.upfront_score = plan.start > 0, score
+        if upfront is not None:
+            answer.escalated, answer.upfront_score = plan.start > 0, upfront
         out["tierserve"] = {
             "tier": answer.tier,
             "escalated": answer.escalated,
@@ -260,8 +290,13 @@ class Router:
     async def _call_with_fallback(
         self, cfg: RouterConfig, body: dict[str, Any], chat: bool, index: int, logprobs: bool
     ) -> tuple[int, dict[str, Any]]:
-        """Calls tier `index`; a tier that errors, times out or is broken is skipped."""
+        """Calls tier `index`; a tier that errors, times out, is broken or is full is skipped.
+
+        A full tier (Serve's backpressure) is busy, not broken: it does not count against its
+        circuit breaker, and when no tier answers because one was full the answer is 429.
+        """
         last = ""
+        busy: list[float] = []
         for i in routing.fallback_order(len(cfg.tiers), index, cfg.fallback):
             tier = cfg.tiers[i]
             breaker = self.breakers.setdefault(tier.name, CircuitBreaker())
@@ -275,15 +310,24 @@ class Router:
                 )
             except RoutingError:
                 raise
-            except Exception as exc:  # replica died, timed out, or tier unavailable
+            except Exception as exc:  # replica died, timed out, full, or tier unavailable
+                full = _backpressure(exc)
+                if full is not None:
+                    busy.append(full.retry_after_s or OVERLOAD_RETRY_AFTER_S)
+                    last = f"tier {tier.name} is overloaded: {full}"
+                    continue
                 breaker.record(False, time.monotonic())
                 last = f"tier {tier.name} failed: {type(exc).__name__}: {exc}"[:300]
                 logger.warning(last)
                 continue
             breaker.record(True, time.monotonic())
             if i != index:
-                self.metrics.fallback(cfg.tiers[index].name, tier.name, "error")
+                self.metrics.fallback(
+                    cfg.tiers[index].name, tier.name, "overloaded" if busy else "error"
+                )
             return i, result
+        if busy:  # some tier was only full: retrying soon will help
+            raise TierOverloaded(f"every tier is at capacity; {last}", min(busy))
         raise TierUnavailable(f"no tier could answer; {last}")
 
     def _request(
@@ -341,7 +385,12 @@ class Router:
     # -- streaming ---------------------------------------------------------------------------
 
     async def _stream(
-        self, cfg: RouterConfig, body: dict[str, Any], chat: bool, plan: Plan
+        self,
+        cfg: RouterConfig,
+        body: dict[str, Any],
+        chat: bool,
+        plan: Plan,
+        upfront: float | None = None,
     ) -> Response:
         """Streams from the first rung that is confident after its first k tokens.
 
@@ -374,11 +423,18 @@ class Router:
                     if not climb:
                         break
             except Exception as exc:
+                full = _backpressure(exc)
+                why = "overloaded" if full is not None else "error"
                 if index + 1 < len(cfg.tiers) and cfg.fallback == "nextTier":
-                    self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[index + 1].name, "error")
+                    self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[index + 1].name, why)
                     logger.warning("stream from %s failed: %s", cfg.tiers[index].name, exc)
                     index += 1
                     continue
+                if full is not None:
+                    raise TierOverloaded(
+                        f"tier {cfg.tiers[index].name} is at capacity: {full}",
+                        full.retry_after_s or OVERLOAD_RETRY_AFTER_S,
+                    ) from exc
                 raise TierUnavailable(f"tier {cfg.tiers[index].name} failed: {exc}") from exc
             if climb:
                 score = routing.confidence(tokens, cfg.confidence)
@@ -393,7 +449,8 @@ class Router:
             break
 
         tier = cfg.tiers[index]
-        answer = Answer({}, tier.name, escalated, score, reason)
+        escalated = escalated or (upfront is not None and plan.start > 0)
+        answer = Answer({}, tier.name, escalated, score, reason, upfront)
         metrics = self.metrics
         model = str(body.get("model") or self.model_tier)
 

@@ -5,7 +5,6 @@ which answers OpenAI-style requests; deleting the ModelTier removes the applicat
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.operator import start_operator
+from tests.fixtures.operator import condition, mt_status, start_operator
 from tests.waiting import eventually
 from tierserve.testing.controlplane import ControlPlaneInfo
 from tierserve.testing.proc import free_port
@@ -31,15 +30,6 @@ def modeltier(name: str, dashboard: str, models: dict[str, str], route: str) -> 
     doc = tiny_modeltier(name, models, dashboard_url=dashboard, route_prefix=route)
     del doc["metadata"]["namespace"]  # kubectl -n decides
     return doc
-
-
-def mt_status(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
-    out = kubectl("get", "mt", name, "-n", ns, "-o", "json")
-    return dict(json.loads(out.stdout).get("status") or {})
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 def test_external_modeltier_serves_requests_and_is_removed_on_delete(

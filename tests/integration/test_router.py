@@ -11,14 +11,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.waiting import eventually
 from tierserve.quality import apgr
 from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import TieredApp, serve_on_loopback, tiny_modeltier
+from tierserve.testing.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
 from tierserve.testing.tinymodels import TinyModels, read_heldout
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,6 @@ def app(ray_head: RayHead, tiny_models: TinyModels) -> Iterator[TieredApp]:
         yield tiered
     finally:
         tiered.remove()
-
-
-def complete(app: TieredApp, prompt: str, model: str | None = None, **extra: Any) -> httpx.Response:
-    body = {"model": model or app.model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
-    return httpx.post(f"{app.base_url}/completions", json={**body, **extra}, timeout=120)
 
 
 def stream(app: TieredApp, prompt: str) -> tuple[httpx.Headers, str]:
@@ -196,6 +192,128 @@ def test_cascade_routes_by_quality_on_held_out_sums(
         f"live threshold {threshold:.3f}: escalated {sum(escalated) / len(heldout):.2f}, "
         f"accuracy {live_ok / len(heldout):.2f}"
     )
+
+
+# Prompts of growing length and difficulty markers, so the upfront scorer spreads them out.
+VARIED = [
+    "12+34=",
+    "Add: 57+38=",
+    "Please add these two numbers carefully. 91+19=",
+    "First think step by step, then explain why the carry matters, then answer. 23+77=",
+    "Write a python function def add(a, b): return a + b; prove it correct step by step for "
+    "every integer, explain each step, check the edge cases, and then compute 45+45=",
+]
+
+
+def upfront_scores(app: TieredApp) -> dict[str, float]:
+    """Each VARIED prompt's upfront score, as the router reports it (threshold 1: all small)."""
+    eventually(
+        lambda: complete(app, "1+1=", f"{app.model}:small").json()["tierserve"]["tier"] == "small",
+        "the small tier to answer",
+        timeout=120,
+    )
+    app.route(
+        mode="upfront", upfront={"scorer": {"type": "heuristic"}}, escalation={"threshold": 1.0}
+    )
+    scores = {}
+    for prompt in VARIED:
+        info = complete(app, prompt).json()["tierserve"]
+        assert (info["tier"], info["reason"]) == ("small", "upfront-score"), info
+        assert info["escalated"] is False
+        scores[prompt] = info["upfrontScore"]
+    assert len(set(scores.values())) >= 3, scores  # spread enough to split both ways
+    return scores
+
+
+def test_upfront_mode_routes_by_the_prompt_score(app: TieredApp) -> None:
+    scores = upfront_scores(app)
+    ordered = sorted(set(scores.values()))
+    threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    app.route(escalation={"threshold": threshold})
+    for prompt, score in scores.items():
+        want = "large" if score > threshold else "small"
+        r = complete(app, prompt)
+        info = r.json()["tierserve"]
+        assert (info["tier"], info["escalated"]) == (want, want == "large"), (score, info)
+        assert info["reason"] == "upfront-score" and info["confidence"] is None
+        assert float(r.headers["x-tierserve-upfront-score"]) == pytest.approx(score, abs=1e-4)
+        headers, text = stream(app, prompt)
+        assert headers["x-tierserve-tier"] == want and text
+        assert headers["x-tierserve-escalated"] == str(want == "large").lower()
+
+
+def test_hybrid_decides_clear_cases_upfront_and_cascades_the_rest(app: TieredApp) -> None:
+    scores = upfront_scores(app)
+    ordered = sorted(set(scores.values()))
+    mid = len(ordered) // 2
+    threshold = ordered[mid]  # that prompt sits in the band; its neighbours sit outside it
+    margin = min(ordered[mid] - ordered[mid - 1], ordered[mid + 1] - ordered[mid]) / 2
+    app.route(
+        mode="hybrid",
+        upfront={"scorer": {"type": "heuristic"}, "hybridMargin": margin},
+        escalation={"threshold": threshold},
+    )
+    seen = set()
+    for prompt, score in scores.items():
+        info = complete(app, prompt).json()["tierserve"]
+        if score >= threshold + margin:
+            assert (info["tier"], info["reason"]) == ("large", "upfront-score"), info
+            seen.add("hard")
+        elif score <= threshold - margin:
+            assert (info["tier"], info["reason"]) == ("small", "upfront-score"), info
+            seen.add("easy")
+        else:  # cascaded: the small tier answered first and its confidence decided
+            assert info["reason"] in ("cascade", "low-confidence") and info["confidence"], info
+            assert info["escalated"] == (1.0 - info["confidence"] > threshold), info
+            headers, text = stream(app, prompt)
+            assert headers["x-tierserve-tier"] == info["tier"] and text
+            seen.add("band")
+    assert seen == {"hard", "easy", "band"}, seen
+
+
+def test_shadow_evaluation_exports_agreement_with_the_top_tier(
+    app: TieredApp, ray_head: RayHead
+) -> None:
+    prompts = [h["prompt"] for h in SHADOW_SUMS]
+    small = [complete(app, p, f"{app.model}:small").json()["choices"][0]["text"] for p in prompts]
+    large = [complete(app, p, f"{app.model}:large").json()["choices"][0]["text"] for p in prompts]
+    expected = sum(a.strip() == b.strip() for a, b in zip(small, large, strict=True))
+    before = shadow_counts(ray_head, app.model)
+    app.route(mode="cascade", escalation={"threshold": 1.0}, shadow={"sampleRate": 1.0})
+    try:
+        for prompt in prompts:  # all answered by small; every one shadowed to large
+            assert complete(app, prompt).json()["tierserve"]["tier"] == "small"
+
+        def counted() -> dict[str, float] | None:
+            now = shadow_counts(ray_head, app.model)
+            delta = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in ("true", "false")}
+            return delta if sum(delta.values()) >= len(prompts) else None
+
+        delta = eventually(counted, "shadow evaluations in Ray's metrics", timeout=90)
+    finally:
+        app.route(shadow={"sampleRate": 0.0})
+    assert delta == {"true": expected, "false": len(prompts) - expected}
+    assert 0 < expected < len(prompts)  # the small model is right on some sums, not all
+
+
+SHADOW_SUMS = [{"prompt": f"{a}+{b}="} for a, b in [(12, 34), (57, 38), (91, 19), (66, 29)]] + [
+    {"prompt": f"{a}+{b}="} for a, b in [(45, 45), (23, 77), (38, 47), (19, 84)]
+]
+
+
+def shadow_counts(head: RayHead, model_tier: str) -> dict[str, float]:
+    """`agreed` -> count of ray_tierserve_shadow_evaluations_total, from Ray's exporter."""
+    text = httpx.get(head.metrics_url, timeout=10).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != "ray_tierserve_shadow_evaluations_total":
+                continue
+            if sample.labels.get("modeltier") != model_tier:
+                continue
+            agreed = sample.labels["agreed"]
+            counts[agreed] = counts.get(agreed, 0.0) + sample.value
+    return counts
 
 
 def test_killing_the_small_tier_during_traffic_loses_no_request(app: TieredApp) -> None:

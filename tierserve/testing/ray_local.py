@@ -73,12 +73,17 @@ class RayHead:
     temp_dir: Path
     log: Path
     process: Process
+    metrics_export_port: int = 0  # Ray's Prometheus exporter (Serve's and vLLM's metrics)
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def session_logs(self) -> Path:
         """Ray's own logs (raylet, gcs, dashboard, serve, workers) for this head."""
         return self.temp_dir / "session_latest" / "logs"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_export_port}/metrics"
 
     @property
     def serve_url(self) -> str:
@@ -257,6 +262,7 @@ def start_ray_head(
         temp_dir=temp_dir,
         log=log,
         process=process,
+        metrics_export_port=ports["metrics-export-port"],
     )
 
     def serve_api_up() -> bool:

@@ -121,6 +121,12 @@ class TieredApp:
         self.serve.remove(self.name)
 
 
+def complete(app: TieredApp, prompt: str, model: str | None = None, **extra: Any) -> httpx.Response:
+    """One greedy /v1/completions call through the app's router (4 tokens unless overridden)."""
+    body = {"model": model or app.model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+    return httpx.post(f"{app.base_url}/completions", json={**body, **extra}, timeout=120)
+
+
 def serve_on_loopback(dashboard_url: str, port: int) -> None:
     """Starts Serve's HTTP proxy on 127.0.0.1:`port` unless Serve already runs.
 
