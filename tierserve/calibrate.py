@@ -26,11 +26,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tierserve import quality
+from tierserve.api.v1alpha1 import Upfront
 from tierserve.serving.scorers import (
     DEFAULT_BLOCKS,
     HashedNgrams,
     HeuristicScorer,
     LinearScorer,
+    QuantileMap,
     Scorer,
 )
 
@@ -40,6 +42,10 @@ WEAK_COLUMNS = ("weak_correct", "weak", ROUTELLM_WEAK)
 STRONG_COLUMNS = ("strong_correct", "strong", ROUTELLM_STRONG)
 BENCHMARKS = ("mmlu", "gsm8k")
 LABELS = ("gain", "strong_wins", "weak_wrong")
+# Knots of the linear scorer's logit -> rank map: a 0.5% grid of the training prompts' ranks.
+KNOTS = 201
+DEFAULT_MARGIN = float(Upfront().hybrid_margin)
+SPREAD_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 # ../shared/data/routellm next to the checkout (/work/main -> /work/shared/data/routellm).
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
 _TRUE = {"true", "1", "yes", "t", "y"}
@@ -260,8 +266,12 @@ def fit(
 
 
 def to_scorer(
-    clf: Any, blocks: Sequence[HashedNgrams], meta: dict[str, Any] | None = None
+    clf: Any,
+    blocks: Sequence[HashedNgrams],
+    calibration: QuantileMap,
+    meta: dict[str, Any] | None = None,
 ) -> LinearScorer:
+    """The serving scorer of a fitted model; `calibration` maps its logit to a rank."""
     coef = np.asarray(clf.coef_, dtype=np.float64).ravel()
     weights, offset = [], 0
     for b in blocks:
@@ -269,7 +279,8 @@ def to_scorer(
         nz = np.flatnonzero(part)
         weights.append(dict(zip(nz.tolist(), part[nz].tolist(), strict=True)))
         offset += b.n_features
-    return LinearScorer(tuple(blocks), tuple(weights), float(clf.intercept_[0]), meta or {})
+    intercept = float(clf.intercept_[0])
+    return LinearScorer(tuple(blocks), tuple(weights), intercept, calibration, meta or {})
 
 
 def cross_fitted_scores(
@@ -280,12 +291,13 @@ def cross_fitted_scores(
     seed: int,
     **kw: Any,
 ) -> tuple[NDArray[np.float64], Any]:
-    """(scores, last fold model): each training prompt scored by a model that did not see it.
+    """(logits, last fold model): each training prompt scored by a model that did not see it.
 
-    The threshold is chosen on these rather than on the final model's scores of its own
-    training prompts, which are overconfident: on RouteLLM that in-sample choice escalated 16-18%
-    of held-out prompts for a 20% target, these 18.5-20.8% (five folds, 12k training prompts;
-    with ~3k the fold models' narrower spread makes it ~1 point high).
+    The quantile map (hence the threshold) is fitted on these rather than on the final model's
+    logits of its own training prompts, which are overconfident (spread wider than on new
+    prompts): on RouteLLM a threshold chosen in-sample escalated 16-18% of held-out prompts for a
+    20% target, one chosen on these 18.5-20.8% (five folds, 12k training prompts; with ~3k the
+    fold models' narrower spread makes it ~1 point high).
     """
     n = X.shape[0]
     fold = np.random.default_rng(seed).permutation(n) % folds
@@ -294,7 +306,7 @@ def cross_fitted_scores(
     for k in range(folds):
         fit_rows, score_rows = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         clf = fit(X[fit_rows], weak[fit_rows], strong[fit_rows], init=clf, **kw)
-        out[score_rows] = clf.predict_proba(X[score_rows])[:, 1]
+        out[score_rows] = clf.decision_function(X[score_rows])
     return out, clf
 
 
@@ -322,6 +334,25 @@ def evaluate(
         "name": name,
         "apgr": quality.apgr(scores, weak, strong),
         "share_for_gap": quality.shares_for_gaps(curve),
+    }
+
+
+def spread(
+    scores: NDArray[np.float64], threshold: float, margin: float = DEFAULT_MARGIN
+) -> dict[str, Any]:
+    """Where scores fall: quantiles, and the share hybrid mode would send to cascade.
+
+    The router plans `score >= threshold + margin` straight to the top tier,
+    `score <= threshold - margin` to the first tier alone, and cascades the band between.
+    """
+    q = np.quantile(scores, SPREAD_LEVELS)
+    band = (scores > threshold - margin) & (scores < threshold + margin)
+    return {
+        "quantiles": {str(level): float(v) for level, v in zip(SPREAD_LEVELS, q, strict=True)},
+        "threshold": threshold,
+        "margin": margin,
+        "hybrid_cascade_share": float(band.mean()),
+        "hybrid_top_share": float((scores >= threshold + margin).mean()),
     }
 
 
@@ -410,24 +441,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started, started_cpu = time.perf_counter(), time.process_time()
     X_train = vectorize([e.prompt for e in train], blocks)
     oof, last = cross_fitted_scores(X_train, w_train, s_train, args.folds, args.seed, **fit_kw)
-    threshold = quality.threshold_for_share(oof, args.target_escalation)
+    # Score = rank among the training prompts' cross-fitted logits (what new prompts look like to
+    # the final model), so the threshold for a target share is about 1 - share.
+    calibration = QuantileMap.fit(oof, KNOTS)
+    threshold = quality.threshold_for_share(calibration.many(oof), args.target_escalation)
     clf = fit(X_train, w_train, s_train, init=last, **fit_kw)
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - started_cpu
 
-    # Where scores fall, for choosing a hybrid-mode margin on the same scale as the threshold.
-    levels = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-    quantiles = {str(q): float(v) for q, v in zip(levels, np.quantile(oof, levels), strict=True)}
     meta = {
         "label": args.label,
         "C": args.C,
         "penalty": "l1" if args.l1 else "l2",
         "threshold": threshold,
         "target_escalation": args.target_escalation,
-        "score_quantiles": quantiles,
+        "score": f"rank of the logit among {len(train)} training prompts' cross-fitted logits",
         "trained_on": f"{data_path} ({len(train)} prompts, seed {args.seed})",
     }
-    scorer = to_scorer(clf, blocks, meta)
+    scorer = to_scorer(clf, blocks, calibration, meta)
     size = scorer.save(args.out) if args.out else len(scorer.to_json().encode())
 
     # Held-out scores with the weights as written to the file, on sklearn's feature matrix (fast).
@@ -435,14 +466,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     served = LinearScorer.from_dict(scorer.to_dict())
     test_prompts = [e.prompt for e in test]
     X_test = vectorize(test_prompts, blocks)
-    trained = 1.0 / (1.0 + np.exp(-(X_test @ served.coef + served.intercept)))
+    logits = X_test @ served.coef + served.intercept
+    trained = served.calibration.many(logits)
     sk = clf.predict_proba(X_test)[:, 1]
     check = min(len(test_prompts), 300)
     serving_diff = max(
-        float(np.abs(trained - sk).max()),
-        float(np.abs(scores_of(served, test_prompts[:check]) - sk[:check]).max()),
+        float(np.abs(1.0 / (1.0 + np.exp(-logits)) - sk).max()),
+        float(
+            np.abs(
+                np.array([served.probability(p) for p in test_prompts[:check]]) - sk[:check]
+            ).max()
+        ),
+        float(np.abs(scores_of(served, test_prompts[:check]) - trained[:check]).max()),
     )
-    heuristic = scores_of(HeuristicScorer(), test_prompts)
+    heuristic_scorer = HeuristicScorer()
+    heuristic = scores_of(heuristic_scorer, test_prompts)
+    heuristic_threshold = quality.threshold_for_share(
+        scores_of(heuristic_scorer, (e.prompt for e in train)), args.target_escalation
+    )
     accuracy, share = quality.routed_accuracy(trained, w_test, s_test, threshold)
     bench = np.array([e.source.split("/")[0] for e in test])
     by_benchmark = {}
@@ -469,7 +510,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threshold": threshold,
         "target_escalation": args.target_escalation,
         "folds": args.folds,
-        "score_quantiles": quantiles,
+        # Held-out, hence like new traffic; probability: the model's sigmoid(logit), for contrast.
+        "spread": {
+            "trained": spread(trained, threshold),
+            "trained_probability": spread(sk, float(np.quantile(sk, 1 - args.target_escalation))),
+            "heuristic": spread(heuristic, heuristic_threshold),
+        },
         "held_out_accuracy": accuracy,
         "held_out_escalation": share,
         "train_seconds": train_seconds,
@@ -503,11 +549,16 @@ def _print(report: dict[str, Any]) -> None:
         f"escalation {report['held_out_escalation']:.1%}, accuracy "
         f"{report['held_out_accuracy']:.3f}"
     )
-    q = report["score_quantiles"]
-    print(
-        f"scores (cross-fitted) p5 {q['0.05']:.3f}, p25 {q['0.25']:.3f}, p50 {q['0.5']:.3f}, "
-        f"p75 {q['0.75']:.3f}, p95 {q['0.95']:.3f}: a hybrid margin is on this scale"
-    )
+    for name in ("trained", "heuristic"):
+        s = report["spread"][name]
+        q = s["quantiles"]
+        print(
+            f"{name} scores (held-out) p5 {q['0.05']:.3f}, p25 {q['0.25']:.3f}, "
+            f"p50 {q['0.5']:.3f}, p75 {q['0.75']:.3f}, p95 {q['0.95']:.3f}\n  hybrid mode at "
+            f"threshold {s['threshold']:.3f}, margin {s['margin']:.2f}: "
+            f"{s['hybrid_cascade_share']:.1%} cascade, {s['hybrid_top_share']:.1%} straight to "
+            "the top tier"
+        )
     where = report["out"] or "not written (no --out)"
     print(
         f"scorer: {report['scorer_nonzero_weights']} non-zero weights, "

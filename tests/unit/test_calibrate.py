@@ -65,6 +65,34 @@ def test_trained_scorer_beats_random_and_hits_the_target_share(
 
 
 @needs_routellm
+def test_scores_are_ranks_so_threshold_and_hybrid_margin_mean_traffic_shares(
+    slice_report: tuple[dict[str, Any], Path],
+) -> None:
+    """Threshold t escalates ~1 - t of traffic; hybrid margin 0.15 cascades ~30% of it."""
+    report, _ = slice_report
+    assert report["threshold"] == pytest.approx(0.8, abs=0.01)  # for target escalation 0.2
+    for name in ("trained", "heuristic"):
+        spread = report["spread"][name]
+        q = spread["quantiles"]
+        assert spread["margin"] == 0.15  # the API default
+        assert spread["threshold"] == pytest.approx(0.8, abs=0.03), name
+        assert q["0.05"] < 0.1 and q["0.5"] == pytest.approx(0.5, abs=0.05) and q["0.95"] > 0.9
+        assert spread["hybrid_cascade_share"] == pytest.approx(0.3, abs=0.04), name
+        assert spread["hybrid_top_share"] == pytest.approx(0.05, abs=0.03), name
+    # What the model's probabilities would have done: nearly everything in the hybrid band.
+    squeezed = report["spread"]["trained_probability"]
+    assert squeezed["hybrid_cascade_share"] > 0.9
+    assert squeezed["quantiles"]["0.95"] - squeezed["quantiles"]["0.05"] < 0.4
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        calibrate._print(report)
+    assert re.search(
+        r"trained scores \(held-out\) p5 0\.0\d\d.*\n.*margin 0\.15: \d\d\.\d% cascade",
+        out.getvalue(),
+    )
+
+
+@needs_routellm
 def test_written_scorer_loads_for_the_router_and_matches_training(
     slice_report: tuple[dict[str, Any], Path],
 ) -> None:
@@ -72,6 +100,7 @@ def test_written_scorer_loads_for_the_router_and_matches_training(
     scorer = scorers.load_scorer({"type": "linear", "path": str(path)})
     assert isinstance(scorer, scorers.LinearScorer)
     assert scorer.meta["threshold"] == report["threshold"]
+    assert len(scorer.calibration.x) > 150  # ~201 knots, fewer only where logits tie
     assert report["max_abs_diff_serving_vs_sklearn"] < 1e-6
     assert path.stat().st_size == report["scorer_bytes"] < 2_000_000
     assert 0 <= scorer.score("What is 17 * 23? Show your steps.") <= 1

@@ -1,4 +1,5 @@
-"""Prompt scorers: the serving re-implementation matches scikit-learn; the heuristic is sane."""
+"""Prompt scorers: the serving re-implementation matches scikit-learn; the heuristic is sane;
+scores are ranks (spread over [0, 1]) that order prompts exactly as the raw logits do."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import murmurhash3_32 as sk_murmur
 
-from tierserve import calibrate
+from tierserve import calibrate, quality
 from tierserve.serving import scorers
-from tierserve.serving.scorers import HashedNgrams, HeuristicScorer, LinearScorer
+from tierserve.serving.scorers import HashedNgrams, HeuristicScorer, LinearScorer, QuantileMap
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +69,11 @@ Trained = tuple[LinearScorer, LogisticRegression, list[str], Path]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A model fitted by sklearn on real RouteLLM prompts, saved and re-loaded from JSON."""
+    """A model fitted by sklearn on real RouteLLM prompts, saved and re-loaded from JSON.
+
+    The rank map is fitted on the first 300 prompts' logits: the other 300 and `PROMPTS` fall
+    between and beyond its knots, as new traffic does.
+    """
     if not calibrate.DEFAULT_DATA.exists():
         pytest.skip("RouteLLM data not present")
     examples = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["gsm8k"])[:600]
@@ -76,29 +81,136 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     prompts = [e.prompt for e in examples]
     X = calibrate.vectorize(prompts, scorers.DEFAULT_BLOCKS)
     clf = calibrate.fit(X, weak, strong, C=2.0)
+    ranks = QuantileMap.fit(clf.decision_function(X[:300]), calibrate.KNOTS)
     path = tmp_path_factory.mktemp("scorer") / "scorer.json"
-    calibrate.to_scorer(clf, scorers.DEFAULT_BLOCKS).save(path)
+    calibrate.to_scorer(clf, scorers.DEFAULT_BLOCKS, ranks).save(path)
     loaded = scorers.load_scorer({"type": "linear", "path": str(path)})
     assert isinstance(loaded, LinearScorer)
     return loaded, clf, prompts, path
 
 
-def test_serving_scorer_reproduces_sklearn_probabilities(trained: Trained) -> None:
+def test_serving_scorer_reproduces_sklearn_logits_and_probabilities(trained: Trained) -> None:
     scorer, clf, prompts, _ = trained
     sample = prompts[:100] + PROMPTS
-    expected = clf.predict_proba(calibrate.vectorize(sample, scorers.DEFAULT_BLOCKS))[:, 1]
-    got = np.array([scorer.score(p) for p in sample])
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    X = calibrate.vectorize(sample, scorers.DEFAULT_BLOCKS)
+    logits = np.array([scorer.decision(p) for p in sample])
+    np.testing.assert_allclose(logits, clf.decision_function(X), rtol=0, atol=1e-6)
+    got = np.array([scorer.probability(p) for p in sample])
+    np.testing.assert_allclose(got, clf.predict_proba(X)[:, 1], rtol=0, atol=1e-6)
     assert got.std() > 0.01  # the model says something, so the agreement is not vacuous
+    scores = np.array([scorer.score(p) for p in sample])
+    np.testing.assert_allclose(scores, scorer.calibration.many(logits), rtol=0, atol=1e-12)
+
+
+def test_scores_are_spread_ranks_that_keep_the_logits_order_and_apgr(trained: Trained) -> None:
+    """The rank map is monotone: same routing quality, but a score spread over [0, 1]."""
+    scorer, _, prompts, _ = trained
+    examples = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["gsm8k"])[:600]
+    weak, strong = calibrate._labels(examples)
+    logits = np.array([scorer.decision(p) for p in prompts])
+    scores = np.array([scorer.score(p) for p in prompts])
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    assert quality.apgr(scores, weak, strong) == quality.apgr(logits, weak, strong)
+    assert quality.apgr(scores, weak, strong) == quality.apgr(probabilities, weak, strong)
+    order = np.argsort(logits, kind="stable")
+    assert (np.diff(scores[order]) >= 0).all()  # never reordered ...
+    assert (np.diff(scores[order])[np.diff(logits[order]) > 0] > 0).all()  # ... nor merged
+    # The squeeze this fixes: the probabilities' middle 90% is a narrow band, the ranks' is not.
+    p5, p95 = np.quantile(scores[300:], [0.05, 0.95])  # prompts the map was not fitted on
+    assert p5 < 0.15 and p95 > 0.85
+    assert np.ptp(np.quantile(probabilities[300:], [0.05, 0.95])) < p95 - p5
+    # On its reference prompts the map gives each its share of prompts below: uniform.
+    fitted = scores[:300]
+    for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+        assert (fitted <= t).mean() == pytest.approx(t, abs=0.01)
 
 
 def test_scorer_file_is_compact_and_self_describing(trained: Trained) -> None:
     scorer, _, _, path = trained
     data = json.loads(path.read_text())
-    assert data["format"] == scorers.FORMAT
+    assert data["format"] == scorers.FORMAT == "tierserve.linear-scorer/v2"
     stored = sum(len(b["weight"]) for b in data["blocks"])
     assert stored == sum(len(w) for w in scorer.weights) and 0 not in data["blocks"][0]["weight"]
     assert stored < sum(b.n_features for b in scorer.blocks)  # only non-zero weights
+    assert 2 <= len(data["calibration"]["raw"]) == len(data["calibration"]["rank"]) <= 201
+    assert QuantileMap.from_dict(data["calibration"]) == scorer.calibration
+
+
+def test_old_scorer_files_are_refused_with_the_way_out(trained: Trained, tmp_path: Path) -> None:
+    _, _, _, path = trained
+    data = json.loads(path.read_text())
+    data["format"] = "tierserve.linear-scorer/v1"
+    del data["calibration"]
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"old scorer format.*re-run `tierserve calibrate"):
+        scorers.load_scorer({"type": "linear", "path": str(old)})
+    data["format"] = scorers.FORMAT
+    old.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"bad scorer file .*'calibration'"):
+        scorers.load_scorer({"type": "linear", "path": str(old)})
+
+
+raw_scores = st.lists(
+    st.floats(-50, 50, allow_nan=False).map(lambda v: round(v, 3)), min_size=1, max_size=300
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw_scores, st.integers(2, 300), st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=40))
+def test_quantile_map_is_monotone_bounded_and_ranks_its_reference(
+    raw: list[float], knots: int, probes: list[float]
+) -> None:
+    m = QuantileMap.fit(raw, knots)
+    z = np.sort(np.array(probes + raw))
+    got = np.array([m(v) for v in z])
+    assert ((got >= 0) & (got <= 1)).all() and (np.diff(got) >= 0).all()
+    np.testing.assert_allclose(m.many(z), got, rtol=0, atol=1e-12)
+    # At a knot the score is the mid-rank: the share of reference scores below, ties half.
+    s = np.array(raw)
+    for x, y in zip(m.x, m.y, strict=True):
+        assert y == pytest.approx(((s < x).mean() + (s <= x).mean()) / 2, abs=1e-12)
+    assert m.x[0] == min(raw) and m.x[-1] == max(raw)
+    assert QuantileMap.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_quantile_map_is_strictly_increasing_between_and_beyond_its_knots() -> None:
+    m = QuantileMap.fit(np.random.default_rng(0).normal(size=5000))
+    z = np.linspace(-8, 8, 20001)
+    got = m.many(z)
+    assert (np.diff(got) > 0).all() and 0 < got[0] < m.y[0] and m.y[-1] < got[-1] < 1
+    # Continuous where the tails start.
+    assert m(m.x[0]) == m.y[0] and m(m.x[-1]) == pytest.approx(m.y[-1], abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"raw": [], "rank": [], "tail": 1.0}, "equally many"),
+        ({"raw": [1.0, 0.0], "rank": [0.2, 0.8], "tail": 1.0}, "strictly increasing"),
+        ({"raw": [0.0, 1.0], "rank": [0.0, 0.8], "tail": 1.0}, r"inside \(0, 1\)"),
+        ({"raw": [0.0, 1.0], "rank": [0.2, 0.8], "tail": 0.0}, "tail"),
+        ({"raw": [0.0, float("nan")], "rank": [0.2, 0.8], "tail": 1.0}, "finite"),
+    ],
+)
+def test_quantile_map_rejects_bad_knots(data: dict[str, list[float]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        QuantileMap.from_dict(data)
+
+
+@pytest.mark.skipif(not calibrate.DEFAULT_DATA.exists(), reason="RouteLLM data not present")
+def test_heuristic_ranks_match_routellm_prompts() -> None:
+    """The built-in map still spreads the default heuristic's scores uniformly on its data."""
+    h = HeuristicScorer()
+    examples = calibrate.load_routellm(calibrate.DEFAULT_DATA)
+    logits = np.array([h.logit(e.prompt) for e in examples])
+    scores = h.calibration.many(logits)
+    fresh = QuantileMap.fit(logits, 101)
+    hint = f"default heuristic weights changed? regenerate HEURISTIC_RANKS from {fresh}"
+    for t in np.linspace(0.05, 0.95, 19):
+        assert (scores <= t).mean() == pytest.approx(t, abs=0.01), hint
+    # Unmapped, sigmoid(logit) put the middle 90% of these prompts in 0.11-0.69, half below 0.22.
+    assert np.quantile(scores, 0.05) < 0.06 and np.quantile(scores, 0.95) > 0.94
 
 
 @settings(max_examples=100, deadline=None)
@@ -124,7 +236,8 @@ def test_heuristic_ranks_hard_looking_prompts_above_easy_ones() -> None:
         "First compute when the second catches up, then explain why, step by step."
     )
     code = h.score("def merge(a, b):\n    return sorted(a + b)  # make this O(n) in Python?")
-    assert easy < 0.1 and min(math, code) > 0.25
+    # Ranks among RouteLLM's exam questions: chit-chat is below nearly all of them.
+    assert easy < 0.01 and min(math, code) > 0.5
     assert h.score("How many primes are below 100? Prove it.") > h.score("Name a color.")
 
 
@@ -139,12 +252,12 @@ def test_load_scorer_rejects_bad_specs_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read scorer file"):
         scorers.load_scorer({"type": "linear", "path": str(tmp_path / "missing.json")})
     garbled = tmp_path / "garbled.json"
-    garbled.write_text('{"format": "tierserve.linear-scorer/v1", "blocks": [{"analyzer"')
+    garbled.write_text('{"format": "tierserve.linear-scorer/v2", "blocks": [{"analyzer"')
     with pytest.raises(ValueError, match="cannot read scorer file"):
         scorers.load_scorer({"type": "linear", "path": str(garbled)})
     other = tmp_path / "other.json"
     other.write_text('{"format": "something-else"}')
-    with pytest.raises(ValueError, match=r"not a tierserve\.linear-scorer/v1 file"):
+    with pytest.raises(ValueError, match=r"not a tierserve\.linear-scorer/v2 file"):
         scorers.load_scorer({"type": "linear", "path": str(other)})
     with pytest.raises(ValueError, match="weight must be >= 0"):
         scorers.load_scorer({"type": "heuristic", "signals": {"code": [-1, 3]}})
