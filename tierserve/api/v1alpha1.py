@@ -293,11 +293,20 @@ class ScorerRef(_Model):
 
 class Upfront(_Model):
     scorer: ScorerRef = Field(
-        default_factory=ScorerRef, description="Scores a prompt's difficulty before generation."
+        default_factory=ScorerRef,
+        description=(
+            "Scores a prompt before generation: its rank in [0, 1] among reference prompts (the "
+            "linear scorer's training prompts, the heuristic's RouteLLM prompts), so on traffic "
+            "like them threshold t escalates about the top 1 - t share."
+        ),
     )
     hybrid_margin: Fraction = Field(
         default=0.15,
-        description="hybrid mode: scores within this distance of the threshold go to cascade.",
+        description=(
+            "hybrid mode: scores within this distance of the threshold go to cascade, the rest "
+            "straight to their tier; about 2 x margin of traffic (0.15: ~30%), less where "
+            "threshold +- margin passes 0 or 1."
+        ),
     )
 
 
