@@ -513,6 +513,8 @@ def hold_or_revert(
         return Decision(
             cur, spec, f"{missing}: at the spec's threshold", "SignalsUnavailable", kept
         )
-    new = _clamp(spec, cur - params.max_step, cur + params.max_step)
+    step = params.max_step
+    new = round(_clamp(spec, cur - step, cur + step), 4)  # 4 digits, as `decide` sets them
+    new = _clamp(_clamp(new, cur - step, cur + step), min(cur, spec), max(cur, spec))
     reason = f"{missing}: returning to the spec's threshold {_num(spec)}"
     return Decision(new, spec, reason, "RevertingToSpec", kept)

@@ -7,6 +7,7 @@ it); the operator reads them through Prometheus's HTTP API like in production.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -58,6 +59,37 @@ def metrics_condition(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == "MetricsAvailable"), {})
 
 
+class RouterExporter:
+    """A real HTTP exporter of the router's request counter, scraped by the test's Prometheus.
+
+    `traffic()` adds 100 requests, 60% of them on the top tier: far over a 25% budget, so the
+    policy raises the threshold. `stop()` takes the target down: Prometheus marks its series
+    stale at the next failed scrape, and the operator finds no samples."""
+
+    def __init__(self, prometheus: Prometheus, modeltier: str) -> None:
+        self.modeltier = modeltier
+        registry = CollectorRegistry()
+        self.requests = Counter(
+            "ray_tierserve_requests",
+            "router requests",
+            ["modeltier", "tier", "mode", "outcome"],
+            registry=registry,
+        )
+        port = free_port()
+        self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        prometheus.set_targets({"router": [f"127.0.0.1:{port}"]})
+        self.traffic()
+        prometheus.wait_for_series(f'ray_tierserve_requests_total{{modeltier="{modeltier}"}}')
+
+    def traffic(self) -> None:
+        self.requests.labels(self.modeltier, "small", "cascade", "ok").inc(40)
+        self.requests.labels(self.modeltier, "frontier", "cascade", "ok").inc(60)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
 @pytest.fixture
 def operator_in(
     control_plane: ControlPlaneInfo, namespace: str, modeltier_crd: None
@@ -103,25 +135,10 @@ def test_unreachable_prometheus_holds_the_threshold_and_says_why(
 def test_signals_from_prometheus_move_the_threshold_within_bounds(
     kubectl: Run, namespace: str, operator_in: None, prometheus: Prometheus
 ) -> None:
-    registry = CollectorRegistry()
-    requests = Counter(
-        "ray_tierserve_requests",
-        "router requests",
-        ["modeltier", "tier", "mode", "outcome"],
-        registry=registry,
-    )
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    exporter = RouterExporter(prometheus, "support-assistant")
     stop = time.monotonic() + 120
-
-    def traffic() -> None:  # 60% of requests reach the top tier: far over the 25% budget
-        requests.labels("support-assistant", "small", "cascade", "ok").inc(40)
-        requests.labels("support-assistant", "frontier", "cascade", "ok").inc(60)
-
+    traffic = exporter.traffic
     try:
-        prometheus.set_targets({"router": [f"127.0.0.1:{port}"]})
-        traffic()
-        prometheus.wait_for_series('ray_tierserve_requests_total{modeltier="support-assistant"}')
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(prometheus.url)))
         rayservice = eventually(
             lambda: get(kubectl, "rayservice", "support-assistant", namespace), "RayService"
@@ -162,5 +179,69 @@ def test_signals_from_prometheus_move_the_threshold_within_bounds(
         table = kubectl("get", "mt", "-n", namespace).stdout.splitlines()[1].split()
         assert float(table[3]) >= 0.7
     finally:
-        server.shutdown()
-        thread.join(timeout=5)
+        exporter.stop()
+
+
+def _observe(kubectl: Run, name: str, ns: str) -> tuple[float, float, str, str]:
+    """(monotonic time, live threshold, MetricsAvailable status, status reason), from one read."""
+    status = get(kubectl, "mt", name, ns).get("status") or {}
+    esc = status.get("escalation") or {}
+    conditions = status.get("conditions") or []
+    cond: dict[str, Any] = next((c for c in conditions if c["type"] == "MetricsAvailable"), {})
+    threshold = float(esc.get("threshold", -1))
+    return time.monotonic(), threshold, cond.get("status", ""), esc.get("reason", "")
+
+
+def test_missing_signals_hold_the_threshold_for_the_grace_period_then_return_to_the_spec(
+    kubectl: Run, namespace: str, operator_in: None, prometheus: Prometheus
+) -> None:
+    """Real signals move the threshold off the spec's 0.6; then the router's target goes down.
+    The threshold holds for `signalGracePeriod` (10s, five 2s intervals), then walks back to 0.6
+    at most maxStep per interval, and MetricsAvailable=False says why throughout."""
+    name, grace, interval = "grace", 10.0, 2.0
+    doc = manifest(prometheus.url, name)
+    doc["spec"]["routing"]["escalation"]["autoscale"]["signalGracePeriod"] = "10s"
+    exporter = RouterExporter(prometheus, name)
+    try:
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+        def moved() -> bool:
+            exporter.traffic()
+            _, threshold, available, _ = _observe(kubectl, name, namespace)
+            return available == "True" and threshold >= 0.7
+
+        eventually(moved, "real signals to raise the threshold to 0.7", timeout=120)
+    finally:
+        exporter.stop()
+
+    seen = [_observe(kubectl, name, namespace)]
+    deadline = time.monotonic() + 90  # grace + 3 steps of 2s, with room for a loaded machine
+    while seen[-1][1] != 0.6 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        seen.append(_observe(kubectl, name, namespace))
+    assert seen[-1][1] == 0.6, f"threshold not back at the spec's 0.6: {seen[-1]}"
+
+    lost = next(i for i, o in enumerate(seen) if o[2] == "False")
+    held = seen[lost][1]
+    assert held >= 0.7, seen[lost]
+    first_move = next(i for i in range(lost, len(seen)) if seen[i][1] != held)
+    assert all(o[2] == "False" for o in seen[lost:]), "signals came back during the outage"
+    # Held a grace period (less one interval: the first missing interval counts) less a poll
+    # either way; well short of the 5m default, so the spec's knob is what it obeyed.
+    hold = seen[first_move][0] - seen[lost][0]
+    assert grace - 2 * interval <= hold < 60, (hold, seen[lost : first_move + 1])
+    assert seen[lost][3].startswith("no signals: holding"), seen[lost][3]
+    path = [held] + [o[1] for o in seen[first_move:]]
+    steps = [b - a for a, b in itertools.pairwise(path) if b != a]
+    assert all(-0.05 - 1e-9 <= d < 0 for d in steps), path  # down, at most maxStep a time
+
+    live = get(kubectl, "mt", name, namespace)
+    cond = next(c for c in live["status"]["conditions"] if c["type"] == "MetricsAvailable")
+    assert (cond["status"], cond["reason"]) == ("False", "SignalsUnavailable")
+    assert "no usable samples" in cond["message"]
+    assert "spec's threshold" in live["status"]["escalation"]["reason"]
+    assert live["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
+    serve = yaml.safe_load(get(kubectl, "rayservice", name, namespace)["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["deployments"][0]["user_config"]["threshold"] == 0.6
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    assert any(e["reason"] == "RevertingToSpec" for e in events["items"])
