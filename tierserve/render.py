@@ -77,6 +77,11 @@ def llm_config(tier: Tier) -> dict[str, Any]:
             },
         },
     }
+    # Load shedding is Serve's: a full queue makes the router's handle raise BackPressureError.
+    if tier.replicas.max_ongoing_requests is not None:
+        config["deployment_config"]["max_ongoing_requests"] = tier.replicas.max_ongoing_requests
+    if tier.replicas.max_queued_requests is not None:
+        config["deployment_config"]["max_queued_requests"] = tier.replicas.max_queued_requests
     if tier.accelerator_type:
         config["accelerator_type"] = tier.accelerator_type
     if tier.env:

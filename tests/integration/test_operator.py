@@ -214,6 +214,12 @@ INVALID = [
         {"min": 5, "max": 2},
         "spec.tiers[0].replicas.min",
     ),
+    (
+        "target-above-max-ongoing",
+        "spec.tiers.0.replicas",
+        {"targetOngoingRequests": 8, "maxOngoingRequests": 4},
+        "spec.tiers[0].replicas.targetOngoingRequests",
+    ),
     ("negative-gpus", "spec.tiers.0.gpusPerReplica", -1, "spec.tiers[0].gpusPerReplica"),
     ("bad-tier-name", "spec.tiers.0.name", "Small_Tier", "spec.tiers[0].name"),
     ("duplicate-tier-names", "spec.tiers.1.name", "small", "spec.tiers[1]"),

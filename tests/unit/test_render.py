@@ -49,6 +49,22 @@ def test_engine_args_pass_through_and_cpu_tiers_get_a_cpu_bundle() -> None:
     assert small["placement_group_config"]["bundles"] == [{"CPU": 1.0}]
 
 
+def test_load_shedding_limits_reach_serve_only_when_set() -> None:
+    doc = yaml.safe_load((EXAMPLES / "support-assistant.yaml").read_text())
+    doc["metadata"]["namespace"] = "ml"
+    doc["spec"]["tiers"][1]["replicas"] = {
+        "targetOngoingRequests": 2,
+        "maxOngoingRequests": 4,
+        "maxQueuedRequests": 16,
+    }
+    small, large = (render.llm_config(t) for t in ModelTier.model_validate(doc).spec.tiers)
+    assert large["deployment_config"]["max_ongoing_requests"] == 4
+    assert large["deployment_config"]["max_queued_requests"] == 16
+    # unset: ray.serve.llm's defaults (no per-replica cap, unbounded queue) stay in charge
+    assert "max_ongoing_requests" not in small["deployment_config"]
+    assert "max_queued_requests" not in small["deployment_config"]
+
+
 def test_threshold_travels_only_in_the_router_user_config() -> None:
     mt = load("support-assistant.yaml")
     base = render.serve_application(mt)

@@ -65,7 +65,13 @@ class ReplicaBounds(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min")
+                cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min"),
+                cel(
+                    "!has(self.maxOngoingRequests) || "
+                    "self.targetOngoingRequests <= self.maxOngoingRequests",
+                    "replicas.targetOngoingRequests must be <= replicas.maxOngoingRequests",
+                    ".targetOngoingRequests",
+                ),
             ]
         }
     )
@@ -76,6 +82,25 @@ class ReplicaBounds(_Model):
         default=16.0,
         gt=0,
         description="Serve autoscaling target: in-flight requests per replica before scaling up.",
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description=(
+            "Most requests one replica works on at once (Serve's max_ongoing_requests); more "
+            "wait in the router's queue. Unset: no limit (vLLM's scheduler queues them)."
+        ),
+    )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description=(
+            "Most requests each router replica queues for this tier once every replica is at "
+            "maxOngoingRequests; beyond it the tier counts as overloaded: the request falls "
+            "back to another tier, or gets 429 with Retry-After. Unset: unbounded queue."
+        ),
     )
 
 
