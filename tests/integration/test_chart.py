@@ -584,10 +584,12 @@ def _check_peering(docs: Docs) -> None:
     assert dep["spec"]["replicas"] == 3
     assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
     c = container(docs)
-    assert c["command"][:2] == ["/bin/sh", "-c"] and "kopf run" in c["command"][2]
+    # The same `tierserve operator` as standalone, so the autoscaler and metrics run too.
+    assert c["command"][:2] == ["/bin/sh", "-c"]
+    assert c["command"][2].startswith("exec tierserve operator --priority=")
     assert "--standalone" not in c["args"]
     assert "--peering=tierserve" in c["args"] and "--all-namespaces" in c["args"]
-    assert "--module=tierserve.operator.handlers" in c["args"]
+    assert any(a.startswith("--metrics-port=") for a in c["args"])
     assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "tierserve"
     rules = one(docs, "ClusterRole")["rules"]
     assert {

@@ -76,16 +76,17 @@ Cross-field rules a JSON schema cannot explain well: fail with a message that sa
 {{- end -}}
 
 {{/*
-The container's command and args. Standalone (one replica): `tierserve operator --standalone`.
-Peering: `kopf run` on the same handlers, because `tierserve operator` has no --peering or
---priority flag; each pod draws a random priority at start, so exactly one (the highest) is
-active. The args are passed to the shell as "$@" so they stay data, never shell code.
+The container's command and args: `tierserve operator` either way, so the reconcile handlers,
+the threshold autoscaler and the metrics endpoint all run. Standalone (one replica):
+`--standalone`. Peering: `--peering` and a random `--priority` drawn by each pod at start, so
+exactly one (the highest) is active. The args are passed to the shell as "$@" so they stay
+data, never shell code.
 */}}
 {{- define "tierserve.command" -}}
 {{- if .Values.peering.enabled }}
 - /bin/sh
 - -c
-- exec kopf run --priority="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')" "$@"
+- exec tierserve operator --priority="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')" "$@"
 - tierserve-operator
 {{- else }}
 - tierserve
@@ -95,15 +96,13 @@ active. The args are passed to the shell as "$@" so they stay data, never shell 
 
 {{- define "tierserve.args" -}}
 {{- if .Values.peering.enabled }}
-- --module=tierserve.operator.handlers
 - --peering={{ .Values.peering.name }}
-- --liveness={{ include "tierserve.healthURL" . }}
 {{- else }}
 - --standalone
+{{- end }}
 - --metrics-port={{ .Values.operator.metricsPort }}
 - --metrics-addr={{ .Values.operator.bindAddress }}
 - --health={{ include "tierserve.healthURL" . }}
-{{- end }}
 {{- if include "tierserve.clusterwide" . }}
 - --all-namespaces
 {{- else }}
