@@ -14,6 +14,8 @@ maxStep 0.05, budget 25%, queue target 5), then the same at a 10s interval, and 
 
 Seed 0 writes PNGs, per-interval CSVs and figures.json under --out; other seeds only print.
 Run: `.venv/bin/python bench/simulate_policy.py [--seeds 0 1 2] [--out bench/results/simulate]`
+
+`--limits` instead writes limits.json: why two targets are out of reach (see LIMITS.md there).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tierserve import simulate as sim
-from tierserve.policy import PolicyParams
+from tierserve.policy import Decision, PolicyMemory, PolicyParams, Signals, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,13 +72,79 @@ def verdicts(f: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
 
 
+def _fastest(
+    current: float, signals: Signals, params: PolicyParams, memory: PolicyMemory | None = None
+) -> Decision:
+    """The policy, except that a queue above the hold band raises the threshold by the full
+    maxStep every interval: the fastest back-off `maxStep` allows."""
+    d = decide(current, signals, params, memory)
+    queue, hold = signals.frontier_queue, params.queue_target * params.queue_hold_fraction
+    if queue is not None and queue > hold:
+        return replace(d, threshold=min(params.max_threshold, round(current + params.max_step, 4)))
+    return d
+
+
+def limits(seeds: list[int], intervals: list[str], minutes: int) -> dict[str, Any]:
+    """What no causal policy within the targets' rules can beat, next to what the policy does.
+
+    difficulty-shift: perfect budget control (exactly the budget in each third, no noise, no
+    queueing) against one static threshold spending the same escalations in total, and where
+    that static threshold spends them. overload: queue-target misses of the policy and of the
+    fastest back-off maxStep allows, at the trace's one unannounced 10x load step."""
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        trace, _ = sim.scenario("difficulty-shift", PolicyParams(), seed=seed, minutes=minutes)
+        third = minutes * 20.0
+        hard = (trace.arrival >= third) & (trace.arrival < 2 * third)
+        held = np.zeros(len(trace), dtype=bool)
+        for part in (hard, ~hard):
+            held[part] = trace.score[part] > np.quantile(trace.score[part], 0.75)
+        static = trace.score > np.quantile(trace.score, 1 - held.mean())
+
+        right = [
+            np.where(e, trace.large_correct, trace.small_correct).mean() for e in (held, static)
+        ]
+        out[f"difficulty-shift seed {seed}"] = {
+            "perfect_control_minus_static_pp": round(100 * float(right[0] - right[1]), 3),
+            "static_rate_hard_third": round(float(static[hard].mean()), 4),
+            "static_rate_other_thirds": round(float(static[~hard].mean()), 4),
+        }
+    for interval in intervals:
+        params = PolicyParams(interval_seconds=sim.parse_duration(interval))
+        for seed in seeds:
+            trace, setup = sim.scenario("overload", params, seed=seed, minutes=minutes)
+            row: dict[str, Any] = {}
+            for name, policy in (("policy", decide), ("fastest_backoff", _fastest)):
+                sim.decide = policy  # the simulator's reference, swapped for this run only
+                try:
+                    run = sim.simulate(trace, setup)
+                finally:
+                    sim.decide = decide
+                over = np.flatnonzero(run.queue > params.queue_target)
+                row[name] = {
+                    "queue_target_met": round(1 - len(over) / len(run.queue), 4),
+                    "intervals_over_target": over.tolist(),
+                }
+            out[f"overload @{interval} seed {seed}"] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--minutes", type=int, default=120)
     parser.add_argument("--intervals", nargs="+", default=["30s", "10s"])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "simulate")
+    parser.add_argument(
+        "--limits", action="store_true", help="only the bounds on the targets (limits.json)"
+    )
     args = parser.parse_args()
+    if args.limits:
+        found = limits(args.seeds, args.intervals, args.minutes)
+        print(json.dumps(found, indent=2))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "limits.json").write_text(json.dumps(found, indent=2) + "\n")
+        return
 
     results: dict[str, Any] = {}
     started = time.monotonic()
