@@ -11,12 +11,13 @@ BIN := .venv/bin
         controlplane-up controlplane-down clean
 
 help:
-	@echo "make demo   - run tierserve locally on generated tiny models (installs what it needs)"
+	@echo "make demo   - the whole stack locally: Kubernetes control plane, operator, Prometheus,"
+	@echo "              Ray with two generated tiny models, a ModelTier applied with kubectl"
 	@echo "make test   - run the whole test suite against real components (installs what it needs)"
 	@echo "other targets: unit integration lint crds deps controlplane-up controlplane-down clean"
 
-demo: venv models
-	$(BIN)/tierserve up
+demo: venv system binaries models
+	$(BIN)/tierserve demo
 
 test: deps lint
 	$(BIN)/pytest -m "unit or integration" tests

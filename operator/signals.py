@@ -15,19 +15,28 @@ from dataclasses import dataclass
 
 import httpx
 
-from tierserve.policy import Signals
+from tierserve.policy import Signals, parse_duration
 
 ROUTER = "ray_tierserve_"
 VLLM = "ray_vllm_"
 STALE_SECONDS = 120.0
+# Ray's exporter publishes a replica's counters about every 10 s. A rate over a shorter window
+# than a few of those updates is mostly 0/0 (no change seen), so rates (and the histogram
+# behind the latency) use at least this window; the queue gauge keeps the interval's.
+MIN_RATE_WINDOW_S = 30.0
 
 
 def _sel(**labels: str) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
-def queries(model_tier: str, top_tier: str, top_model_id: str, window: str) -> dict[str, str]:
-    """signal name -> PromQL. `window` is the autoscale interval (e.g. 30s)."""
+def rate_window(interval: str) -> str:
+    return f"{max(parse_duration(interval), MIN_RATE_WINDOW_S):g}s"
+
+
+def queries(model_tier: str, top_tier: str, top_model_id: str, interval: str) -> dict[str, str]:
+    """signal name -> PromQL. `interval` is the autoscale interval (e.g. 30s)."""
+    window = rate_window(interval)
     mt = _sel(modeltier=model_tier)
     top = _sel(modeltier=model_tier, tier=top_tier)
     engine = _sel(model_name=top_model_id)
@@ -39,7 +48,7 @@ def queries(model_tier: str, top_tier: str, top_model_id: str, window: str) -> d
         "request_rate": requests,
         "escalation_rate": f"{on_top} / {requests}",
         "frontier_throughput": on_top,
-        "frontier_queue": f"avg(avg_over_time({VLLM}num_requests_waiting{engine}[{window}]))",
+        "frontier_queue": f"avg(avg_over_time({VLLM}num_requests_waiting{engine}[{interval}]))",
         "frontier_replicas": f"count({VLLM}num_requests_waiting{engine})",
         "frontier_latency": (
             "histogram_quantile(0.95, sum by (le) "

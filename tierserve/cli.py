@@ -10,6 +10,10 @@ from collections.abc import Sequence
 # subcommand -> (module with main(argv), one-line help). Imports are lazy so that `tierserve
 # controlplane down` does not pay for importing Ray or vLLM.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "tierserve.demo",
+        "the whole product locally: control plane, operator, Prometheus, Ray, a ModelTier",
+    ),
     "up": ("tierserve.local", "serve two generated tiny models locally on Ray (no Kubernetes)"),
     "controlplane": (
         "tierserve.testing.controlplane",

@@ -13,9 +13,11 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 
@@ -33,8 +35,21 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _sigterm(_signum: int, _frame: FrameType | None) -> None:
+def interrupt_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def uninterrupted(restore_sigterm: Any) -> Iterator[None]:
+    """Cleanup that a second Ctrl-C (or SIGTERM) cannot cut short and leak processes; SIGTERM
+    goes back to `restore_sigterm` afterwards."""
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, restore_sigterm)
 
 
 def _summary(app: TieredApp, heldout: Path, n: int = 40) -> None:
@@ -73,7 +88,7 @@ def _summary(app: TieredApp, heldout: Path, n: int = 40) -> None:
 
 def up(port: int = 8000) -> int:
     """Runs the local stack until Ctrl-C; returns the process exit code."""
-    previous = signal.signal(signal.SIGTERM, _sigterm)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     head: RayHead | None = None
     try:
         require_free_port("tierserve up", port)
@@ -119,16 +134,10 @@ def up(port: int = 8000) -> int:
         print(f"tierserve up: {exc}{where}", file=sys.stderr)
         return 1
     finally:
-        # A second Ctrl-C must not cut the cleanup short (and leak the head's processes).
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        with uninterrupted(previous):
             if head is not None:  # ours alone: stopping it ends Serve and the engines with it
                 head.stop()
                 _say("==> stopped")
-        finally:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,17 @@ def test_queries_select_this_modeltier_and_its_top_tier() -> None:
     assert 'agreed="true"' in q["shadow_agreement"]
 
 
+def test_rates_span_several_of_rays_metric_updates_even_at_short_intervals() -> None:
+    """Ray's exporter updates counters about every 10 s: a 5 s rate would be mostly 0/0."""
+    q = queries("m", "top", "top", "5s")
+    assert "[30s]" in q["escalation_rate"] and "[30s]" in q["frontier_latency"]
+    assert "[5s]" in q["frontier_queue"]  # a gauge: the interval's own window
+    assert (
+        "[2m]" not in q["escalation_rate"]
+        and "[120s]" in queries("m", "t", "t", "2m")["request_rate"]
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

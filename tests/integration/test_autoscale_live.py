@@ -1,0 +1,162 @@
+"""Threshold autoscaling end to end, every part real: the router and vLLM on a local Ray head
+export their metrics through Ray's exporter, Prometheus scrapes it, and the operator (its own
+process, on the real control plane) reads Prometheus's HTTP API and moves the router's threshold.
+
+The top tier runs one sequence at a time (vLLM `max_num_seqs: 1`), so a burst of requests to it
+builds a real vLLM queue (`vllm:num_requests_waiting`) past `frontierQueueTarget`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.fixtures.operator import condition, mt_status, start_operator
+from tests.waiting import eventually
+from tierserve.testing.controlplane import ControlPlaneInfo
+from tierserve.testing.proc import free_port
+from tierserve.testing.prometheus import start_prometheus
+from tierserve.testing.ray_local import RayHead
+from tierserve.testing.tiered import serve_on_loopback, tiny_modeltier
+from tierserve.testing.tinymodels import TinyModels
+
+pytestmark = pytest.mark.integration
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+SPEC_THRESHOLD = 0.5
+
+
+def test_frontier_queue_raises_the_threshold_and_prometheus_loss_holds_it(
+    control_plane: ControlPlaneInfo,
+    kubectl: Run,
+    namespace: str,
+    modeltier_crd: None,
+    ray_head: RayHead,
+    tiny_models: TinyModels,
+) -> None:
+    serve_on_loopback(ray_head.dashboard_url, ray_head.serve_http_port)
+    scrape = {"ray": [f"127.0.0.1:{ray_head.metrics_export_port}"]}
+    prom_port, prom_dir = free_port(), Path(tempfile.mkdtemp(prefix="tierserve-prom-live-"))
+    prom = start_prometheus(scrape, port=prom_port, workdir=prom_dir)
+    operator = start_operator(control_plane, namespace, resync=5.0)
+    name = "live"
+    base = f"{ray_head.serve_url}/{name}/v1"
+    try:
+        doc = tiny_modeltier(
+            name,
+            {"small": str(tiny_models.small), "large": str(tiny_models.large)},
+            dashboard_url=ray_head.dashboard_url,
+            routing={
+                "mode": "cascade",
+                "escalation": {
+                    "threshold": SPEC_THRESHOLD,
+                    "bounds": {"min": 0.2, "max": 0.95},
+                    "autoscale": {
+                        "prometheusURL": prom.url,
+                        "interval": "5s",
+                        "maxEscalationRate": 1.0,  # no budget: only the queue can push back
+                        "frontierQueueTarget": 1,
+                        "maxStep": 0.1,
+                    },
+                },
+            },
+        )
+        del doc["metadata"]["namespace"]
+        doc["spec"]["tiers"][1]["engineArgs"]["max_num_seqs"] = 1
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+        def ready() -> dict[str, Any] | None:
+            status = mt_status(kubectl, name, namespace)
+            assert condition(status, "Degraded").get("status") != "True", status
+            return status if condition(status, "Ready").get("status") == "True" else None
+
+        eventually(ready, "the ModelTier to be Ready", timeout=900)
+
+        # Drive the top tier past its queue target: six clients pinned to it, each request
+        # generating 200 tokens (~0.5 s here), so about five wait in vLLM's queue at any time.
+        stop_at = time.monotonic() + 150
+        codes: list[int] = []
+
+        def burst() -> None:
+            body = {
+                "model": f"{name}:large",
+                "prompt": "12+34=",
+                "max_tokens": 200,
+                "min_tokens": 200,
+                "temperature": 0,
+            }
+            while time.monotonic() < stop_at:
+                codes.append(httpx.post(f"{base}/completions", json=body, timeout=120).status_code)
+
+        last: dict[str, Any] = {}
+
+        def raised() -> dict[str, Any] | None:
+            last.update(mt_status(kubectl, name, namespace).get("escalation") or {})
+            return dict(last) if float(last.get("threshold") or 0) > SPEC_THRESHOLD else None
+
+        with futures.ThreadPoolExecutor(6) as pool:
+            running = [pool.submit(burst) for _ in range(6)]
+            try:
+                try:
+                    esc = eventually(raised, "the threshold to rise under load", timeout=120)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; last status.escalation: {last}") from None
+            finally:
+                stop_at = time.monotonic()
+                for f in running:
+                    f.result()
+        assert codes and set(codes) == {200}, set(codes)
+        print(f"\nunder queue pressure: {esc}")
+        assert "frontier queue" in esc["reason"], esc
+        assert esc["signals"]["frontierQueue"] > 1, esc
+        events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+        moves = [e for e in events["items"] if e.get("reason") == "FrontierQueue"]
+        assert moves and "threshold 0.5 ->" in moves[0]["message"], moves
+        # The router itself decides with the new threshold (pushed through user_config).
+        live = httpx.get(f"{ray_head.serve_url}/{name}/tierserve/config", timeout=10).json()
+        assert live["threshold"] > SPEC_THRESHOLD
+
+        # Prometheus gone: the threshold holds where it is and MetricsAvailable=False says why.
+        prom.stop()
+
+        def unavailable() -> dict[str, Any] | None:
+            cond = condition(mt_status(kubectl, name, namespace), "MetricsAvailable")
+            return cond if cond.get("status") == "False" else None
+
+        cond = eventually(unavailable, "MetricsAvailable=False", timeout=60)
+        assert prom.url in cond["message"] or "Prometheus" in cond["message"], cond
+        held = float(mt_status(kubectl, name, namespace)["escalation"]["threshold"])
+        time.sleep(12)  # two more intervals without signals
+        assert float(mt_status(kubectl, name, namespace)["escalation"]["threshold"]) == held
+        assert held > SPEC_THRESHOLD
+        assert operator.alive()
+
+        # Prometheus back (same port, same data): signals return and the condition recovers.
+        prom = start_prometheus(scrape, port=prom_port, workdir=prom_dir)
+
+        def recovered() -> dict[str, Any] | None:
+            cond = condition(mt_status(kubectl, name, namespace), "MetricsAvailable")
+            return cond if cond.get("status") == "True" else None
+
+        eventually(recovered, "MetricsAvailable=True after Prometheus returns", timeout=90)
+        spec = json.loads(kubectl("get", "mt", name, "-n", namespace, "-o", "json").stdout)
+        assert spec["spec"]["routing"]["escalation"]["threshold"] == SPEC_THRESHOLD
+    finally:  # the ModelTier first, while the operator can still remove its finalizer
+        kubectl("delete", "mt", name, "-n", namespace, "--wait=false", check=False)
+        eventually(
+            lambda: kubectl("get", "mt", name, "-n", namespace, check=False).returncode != 0,
+            "the ModelTier to be deleted",
+            timeout=60,
+        )
+        operator.stop()
+        prom.stop()

@@ -1,0 +1,85 @@
+"""`make demo` as a user meets it: `tierserve demo` reaches its summary, the `curl` line it
+prints answers, and Ctrl-C (SIGTERM here) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tierserve.testing.proc import free_port, port_in_use
+
+pytestmark = pytest.mark.integration
+
+READY_LINE = "Ctrl-C to stop."
+
+
+def test_demo_reaches_its_summary_and_the_printed_curl_answers() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierserve.cli", "demo", "--port", str(port), "--seconds", "25"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 1200
+        while READY_LINE not in lines and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        output = "\n".join(lines)
+        assert READY_LINE in lines, f"demo did not reach its summary:\n{output[-3000:]}"
+        print("\n" + output)
+
+        summary = output[output.index("==> summary") :]
+        assert "0 errors" in summary.splitlines()[0], summary
+        assert "served by tier: {" in summary and "'small'" in summary
+        assert "live threshold:" in summary and "modelled cost:" in summary
+        assert "MetricsAvailable=True" in summary, summary
+
+        curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+        answer = json.loads(
+            subprocess.run(
+                shlex.split(curl), capture_output=True, timeout=60, check=True, text=True
+            ).stdout
+        )
+        assert answer["choices"][0]["text"].strip().isdigit(), answer
+        assert answer["tierserve"]["tier"] in ("small", "large"), answer
+
+        kubectl = next(line.strip() for line in lines if " get mt -n demo" in line)
+        env_part, command = kubectl.split(" ", 1)
+        got = subprocess.run(
+            shlex.split(command),
+            env={env_part.split("=", 1)[0]: env_part.split("=", 1)[1], "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "tiny-sums" in got and "cascade" in got, got
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(timeout=10)
+    assert code == 0, "\n".join(lines[-30:])
+    assert lines[-1] == "==> stopped", lines[-10:]
+    assert not port_in_use(port), "the OpenAI endpoint is still up after the demo stopped"
