@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
@@ -97,6 +97,24 @@ def apply_backend(mt: ModelTier, threshold: float) -> tuple[str, Observation, st
     return action, seen, application
 
 
+def _fresh_escalation(meta: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
+    """`status.escalation` as the API server has it now, not as this handler's body had it.
+
+    The threshold autoscaler writes it concurrently; a body read before its last write would
+    push the previous threshold back to the router and undo the move.
+    """
+    try:
+        obj = cast(
+            dict[str, Any],
+            client.CustomObjectsApi().get_namespaced_custom_object(
+                GROUP, VERSION, meta.get("namespace", "default"), PLURAL, meta["name"]
+            ),
+        )
+    except (client.ApiException, KeyError):
+        return fallback
+    return dict((obj.get("status") or {}).get("escalation") or fallback)
+
+
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.Logger) -> None:
     started = time.monotonic()
     meta, status = body.get("metadata", {}), dict(body.get("status") or {})
@@ -112,6 +130,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
         metrics.observe_reconcile("invalid", time.monotonic() - started)
         return
 
+    autoscaled = mt.spec.routing.escalation.autoscale is not None
+    if autoscaled:
+        status["escalation"] = _fresh_escalation(meta, status.get("escalation") or {})
     threshold = live_threshold(mt, status)
     action, seen, application = apply_backend(mt, threshold)
     if action != "unchanged":
@@ -130,6 +151,8 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
         threshold=threshold,
         application=application,
     )
+    if autoscaled:  # the threshold autoscaler owns status.escalation; never write a stale copy
+        desired.pop("escalation", None)
     if status_changed(status, desired):
         for key, value in desired.items():
             patch.status[key] = value

@@ -459,25 +459,34 @@ class Condition(_Model):
 
 
 class TierStatus(_Model):
-    name: str
-    ready: bool = False
-    replicas: int = 0
-    message: str = ""
+    name: str = Field(description="The tier's name in spec.tiers.")
+    ready: bool = Field(default=False, description="Its Serve deployment is HEALTHY.")
+    replicas: int = Field(default=0, description="Running replicas, as Serve reports them.")
+    message: str = Field(default="", description="Serve's message when it is not ready.")
 
 
 class EscalationStatus(_Model):
     threshold: float | None = Field(default=None, description="Threshold the router uses now.")
     desired_threshold: float | None = Field(default=None, description="What the policy wants.")
     reason: str = Field(default="", description="Why it has its current value.")
-    last_change_time: str | None = None
+    last_change_time: str | None = Field(
+        default=None, description="When the threshold last moved (RFC 3339)."
+    )
     signals: dict[str, float] = Field(default_factory=dict, description="Inputs last used.")
 
 
 class ModelTierStatus(_Model):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    tiers: list[TierStatus] = Field(default_factory=list)
-    escalation: EscalationStatus = Field(default_factory=EscalationStatus)
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded and MetricsAvailable."
+    )
+    tiers: list[TierStatus] = Field(default_factory=list, description="Readiness per tier.")
+    escalation: EscalationStatus = Field(
+        default_factory=EscalationStatus,
+        description="The live threshold and, with autoscale, the policy's last decision.",
+    )
     ready: str = Field(default="", description="Ready tiers over all tiers, e.g. 2/2.")
     tier_names: str = Field(default="", description="The ladder, cheapest first, e.g. small,large.")
     application: str = Field(default="", description="Name of the Serve application.")
