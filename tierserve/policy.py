@@ -462,7 +462,10 @@ def decide(
             step = 0.0
     new = current
     if step:
-        new = _clamp(round(current + step, 4), current - params.max_step, current + params.max_step)
+        new = _clamp(current + step, current - params.max_step, current + params.max_step)
+        tidy = round(new, 4)  # 4 digits (0.8, not 0.7999999999999999) unless that breaks maxStep
+        if abs(tidy - current) <= params.max_step + 1e-12:
+            new = tidy
     new = _clamp(new, lo, hi)
     reason = best.reason
     if step < 0 and new <= lo and current <= lo:
