@@ -22,7 +22,12 @@ from pydantic import ValidationError
 from tierserve import render
 from tierserve.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelTier
 from tierserve.operator import external, kuberay, metrics
-from tierserve.operator.status import Observation, compute_status, status_changed
+from tierserve.operator.status import (
+    Observation,
+    compute_status,
+    find_condition,
+    status_changed,
+)
 
 RESYNC_SECONDS = float(os.environ.get("TIERSERVE_RESYNC_SECONDS", "30"))
 
@@ -161,10 +166,8 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger | logging.
 
 
 def _degraded_reason(status: dict[str, Any]) -> str:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Degraded" and cond.get("status") == "True":
-            return str(cond.get("reason", ""))
-    return ""
+    cond = find_condition(status, "Degraded")
+    return str(cond.get("reason", "")) if cond.get("status") == "True" else ""
 
 
 def _write_invalid(body: kopf.Body, patch: kopf.Patch, generation: int, message: str) -> None:

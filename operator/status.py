@@ -29,6 +29,12 @@ class Observation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def find_condition(status: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    """The condition of `type_` in a ModelTier status ({} when there is none)."""
+    conditions = (status or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), {})
+
+
 def condition(
     type_: str, status: bool, reason: str, message: str, generation: int
 ) -> dict[str, Any]:

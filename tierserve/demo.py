@@ -32,6 +32,7 @@ from tierserve import cost
 from tierserve.api.crd import render_yaml
 from tierserve.api.v1alpha1 import ModelTier
 from tierserve.local import interrupt_on_sigterm, uninterrupted
+from tierserve.operator.status import find_condition
 from tierserve.serving.local_models import ServeError
 from tierserve.testing import controlplane
 from tierserve.testing.operator_run import start_operator
@@ -106,10 +107,6 @@ class Kubectl:
             return {}
 
 
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
-
-
 def install_crd(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "-f", "-", input=render_yaml())
     deadline = time.monotonic() + 60
@@ -131,14 +128,16 @@ def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
         if not operator.alive():
             raise ComponentError("operator", "exited", operator.log)
         status = kubectl.status()
-        degraded = condition(status, "Degraded")
+        degraded = find_condition(status, "Degraded")
         if degraded.get("status") == "True":
             raise ComponentError(
                 "ModelTier", f"Degraded: {degraded.get('reason')}: {degraded.get('message')}"
             )
-        if condition(status, "Ready").get("status") == "True":
+        if find_condition(status, "Ready").get("status") == "True":
             return status
-        progress = condition(status, "Progressing").get("message") or "waiting for the operator"
+        progress = (
+            find_condition(status, "Progressing").get("message") or "waiting for the operator"
+        )
         line = f"    {status.get('ready', '0/2')} tiers ready: {progress}"
         if line != last:
             say(line)
@@ -291,7 +290,7 @@ def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
         f"    live threshold: {esc.get('threshold', mt.spec.routing.escalation.threshold)} "
         f"(spec {mt.spec.routing.escalation.threshold}); last change: {esc.get('reason', '-')}"
     )
-    metrics = condition(status, "MetricsAvailable")
+    metrics = find_condition(status, "MetricsAvailable")
     say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
     reduction = status.get("modelledCostReduction")
     if reduction is None:  # computed here from what was served, with the same cost model

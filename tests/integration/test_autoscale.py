@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from tests.fixtures.operator import start_operator
 from tests.waiting import eventually
+from tierserve.operator.status import find_condition
 from tierserve.testing.controlplane import ControlPlaneInfo
 from tierserve.testing.proc import free_port
 from tierserve.testing.prometheus import Prometheus
@@ -56,7 +57,7 @@ def get(kubectl: Run, kind: str, name: str, ns: str) -> dict[str, Any]:
 
 def metrics_condition(kubectl: Run, name: str, ns: str) -> dict[str, Any]:
     status = get(kubectl, "mt", name, ns).get("status") or {}
-    return next((c for c in status.get("conditions") or [] if c["type"] == "MetricsAvailable"), {})
+    return find_condition(status, "MetricsAvailable")
 
 
 class RouterExporter:

@@ -108,9 +108,17 @@ def get(kubectl: Run, *args: str) -> dict[str, Any] | None:
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
-def create_namespace(kubectl: Run, stem: str, labels: dict[str, str] | None = None) -> str:
+def create_namespace(
+    kubectl: Run,
+    stem: str,
+    labels: dict[str, str] | None = None,
+    cleanup: list[Callable[[], Any]] | None = None,
+) -> str:
+    """A fresh namespace; with `cleanup`, its deletion is registered there."""
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
+    if cleanup is not None:
+        cleanup.append(lambda: kubectl("delete", "namespace", name, "--wait=false"))
     if labels:
         kubectl("label", "namespace", name, *[f"{k}={v}" for k, v in labels.items()])
     return name
@@ -982,10 +990,8 @@ def test_install_with_every_option_is_accepted_by_the_api_server(
 ) -> None:
     """Every object the chart can render, validated by the API server against its schema
     (the Prometheus Operator's own CRDs for the monitoring objects)."""
-    release_ns = create_namespace(kubectl, "tierserve-all")
-    cleanup.append(lambda: kubectl("delete", "namespace", release_ns, "--wait=false"))
-    watched = [create_namespace(kubectl, "team") for _ in range(2)]
-    cleanup.append(lambda: kubectl("delete", "namespace", *watched, "--wait=false"))
+    release_ns = create_namespace(kubectl, "tierserve-all", cleanup=cleanup)
+    watched = [create_namespace(kubectl, "team", cleanup=cleanup) for _ in range(2)]
     values = {
         "replicas": 2,
         "peering": {"enabled": True},
@@ -1076,11 +1082,12 @@ def test_install_then_operator_as_its_service_account_reconciles_without_drift(
 ) -> None:
     # The release namespace enforces the `restricted` Pod Security Standard.
     release_ns = create_namespace(
-        kubectl, "tierserve-system", {"pod-security.kubernetes.io/enforce": "restricted"}
+        kubectl,
+        "tierserve-system",
+        {"pod-security.kubernetes.io/enforce": "restricted"},
+        cleanup=cleanup,
     )
-    cleanup.append(lambda: kubectl("delete", "namespace", release_ns, "--wait=false"))
-    apps = create_namespace(kubectl, "apps")
-    cleanup.append(lambda: kubectl("delete", "namespace", apps, "--wait=false"))
+    apps = create_namespace(kubectl, "apps", cleanup=cleanup)
     crds = ("modeltiers.tierserve.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
     absent = {crd for crd in crds if remove_unused_crd(kubectl, crd)}
 
@@ -1248,12 +1255,9 @@ def test_namespaced_rbac_reaches_only_the_watched_namespaces(
     tmp_path: Path,
     cleanup: list[Callable[[], Any]],
 ) -> None:
-    release_ns = create_namespace(kubectl, "tierserve-ns")
-    cleanup.append(lambda: kubectl("delete", "namespace", release_ns, "--wait=false"))
-    watched = create_namespace(kubectl, "team-a")
-    cleanup.append(lambda: kubectl("delete", "namespace", watched, "--wait=false"))
-    other = create_namespace(kubectl, "team-b")
-    cleanup.append(lambda: kubectl("delete", "namespace", other, "--wait=false"))
+    release_ns = create_namespace(kubectl, "tierserve-ns", cleanup=cleanup)
+    watched = create_namespace(kubectl, "team-a", cleanup=cleanup)
+    other = create_namespace(kubectl, "team-b", cleanup=cleanup)
 
     health, metrics = free_port(), free_port()
     values = local_values(health, metrics, watchNamespaces=[watched], rbac={"namespaced": True})
@@ -1347,10 +1351,8 @@ def test_replicas_with_peering_run_one_active_operator_and_fail_over(
     cleanup: list[Callable[[], Any]],
 ) -> None:
     """Two replicas of the chart's peering command: one works, the other takes over on exit."""
-    release_ns = create_namespace(kubectl, "tierserve-ha")
-    cleanup.append(lambda: kubectl("delete", "namespace", release_ns, "--wait=false"))
-    apps = create_namespace(kubectl, "apps-ha")
-    cleanup.append(lambda: kubectl("delete", "namespace", apps, "--wait=false"))
+    release_ns = create_namespace(kubectl, "tierserve-ha", cleanup=cleanup)
+    apps = create_namespace(kubectl, "apps-ha", cleanup=cleanup)
     peering = f"tierserve-{uuid.uuid4().hex[:6]}"
     health, metrics = free_port(), free_port()
     values = local_values(health, metrics, replicas=2, peering={"enabled": True, "name": peering})
