@@ -33,6 +33,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy bench
+	$(BIN)/lint-imports
 	$(BIN)/tierserve crds --check $(CRD_DIRS:%=--out %) --docs docs/reference/modeltier.md
 
 # The ModelTier CRD, generated from tierserve/api: crds/ and the Helm chart's copy.
@@ -49,16 +50,16 @@ system:
 	@scripts/install-system.sh
 
 binaries: venv system
-	@$(BIN)/python -m tierserve.testing.controlplane build --kuberay
+	@$(BIN)/python -m tierserve.dev.controlplane build --kuberay
 
 models: venv
-	@$(BIN)/python -m tierserve.testing.tinymodels
+	@$(BIN)/python -m tierserve.dev.tinymodels
 
 controlplane-up: venv system binaries
-	@$(BIN)/python -m tierserve.testing.controlplane up
+	@$(BIN)/python -m tierserve.dev.controlplane up
 
 controlplane-down: venv
-	@$(BIN)/python -m tierserve.testing.controlplane down
+	@$(BIN)/python -m tierserve.dev.controlplane down
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache *.egg-info

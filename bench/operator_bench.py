@@ -25,9 +25,9 @@ import yaml
 from kubernetes import client, config
 
 from tierserve.api.crd import CRD_FILE
-from tierserve.testing import controlplane
-from tierserve.testing.operator_run import start_operator
-from tierserve.testing.proc import logs_dir, wait_until
+from tierserve.dev import controlplane
+from tierserve.dev.operator_run import start_operator
+from tierserve.dev.proc import logs_dir, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "bench"

@@ -31,12 +31,13 @@ from typing import Any
 
 import httpx
 
-from tierserve import render
+from tierserve import names
 from tierserve.api.v1alpha1 import ModelTier
-from tierserve.serving import local_models
-from tierserve.testing.ray_local import start_ray_head
-from tierserve.testing.tiered import TieredApp, serve_on_loopback, tiny_modeltier
-from tierserve.testing.tinymodels import ensure_models, read_heldout
+from tierserve.build import render
+from tierserve.dev import local_models
+from tierserve.dev.ray_local import start_ray_head
+from tierserve.dev.tiered import TieredApp, serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import ensure_models, read_heldout
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 8, 32)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "router": (
                 f"{tiered.base_url}/completions",
                 tiered.model,
-                f"ServeReplica:{tiered.name}:{render.ROUTER_DEPLOYMENT}",
+                f"ServeReplica:{tiered.name}:{names.INGRESS_DEPLOYMENT}",
             ),
             "direct": (
                 f"{base}/completions",

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from tierserve import simulate as sim
-from tierserve.policy import Decision, PolicyMemory, PolicyParams, Signals, decide
+from tierserve.autoscale.policy import Decision, PolicyMemory, PolicyParams, Signals, decide
+from tierserve.tools import simulate as sim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def _fastest(
     """The policy, except that a queue above the hold band raises the threshold by the full
     maxStep every interval: the fastest back-off `maxStep` allows."""
     d = decide(current, signals, params, memory)
-    queue, hold = signals.frontier_queue, params.queue_target * params.queue_hold_fraction
+    queue, hold = signals.top_tier_queue, params.queue_target * params.queue_hold_fraction
     if queue is not None and queue > hold:
         return replace(d, threshold=min(params.max_threshold, round(current + params.max_step, 4)))
     return d

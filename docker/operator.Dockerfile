@@ -7,14 +7,11 @@
 FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/tierserve
-# Only what the package is built from; tierserve/operator and tierserve/serving are symlinks to
-# ../operator and ../serving, so those are copied next to it.
+# Only what the package is built from.
 COPY pyproject.toml README.md /src/
 COPY tierserve /src/tierserve
-COPY operator /src/operator
-COPY serving /src/serving
-# No extras: the [gpu] extra (vLLM) is the serving image's, never the operator's.
-RUN /opt/tierserve/bin/pip install /src
+# The [controller] extra only: Kopf and the Kubernetes client, no Ray, no vLLM, no torch.
+RUN /opt/tierserve/bin/pip install "/src[controller]"
 
 FROM python:3.11.13-slim-bookworm
 ENV PATH=/opt/tierserve/bin:$PATH \

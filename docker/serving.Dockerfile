@@ -10,8 +10,6 @@ FROM rayproject/ray:2.60.0-py311-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --chown=1000:100 pyproject.toml README.md /home/ray/tierserve/
 COPY --chown=1000:100 tierserve /home/ray/tierserve/tierserve
-COPY --chown=1000:100 operator /home/ray/tierserve/operator
-COPY --chown=1000:100 serving /home/ray/tierserve/serving
 # The [gpu] extra is the CUDA build of vLLM; Ray itself stays the base image's (same pin).
 RUN pip install "/home/ray/tierserve[gpu]"
 # The base image's `ray` user (UID 1000, GID 100), numeric so runAsNonRoot can be verified.

@@ -11,27 +11,33 @@ from collections.abc import Sequence
 # controlplane down` does not pay for importing Ray or vLLM.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "tierserve.demo",
+        "tierserve.dev.demo",
         "the whole product locally: control plane, operator, Prometheus, Ray, a ModelTier",
     ),
-    "up": ("tierserve.local", "serve two generated tiny models locally on Ray (no Kubernetes)"),
+    "up": ("tierserve.dev.local", "serve two generated tiny models locally on Ray (no Kubernetes)"),
     "controlplane": (
-        "tierserve.testing.controlplane",
+        "tierserve.dev.controlplane",
         "build/start/stop the local Kubernetes control plane (up | down | status | build)",
     ),
     "calibrate": (
-        "tierserve.calibrate",
+        "tierserve.tools.calibrate",
         "train the upfront prompt scorer and choose its threshold from labelled data",
     ),
     "crds": ("tierserve.api.crd", "generate the ModelTier CRD YAML from the pydantic models"),
-    "operator": ("tierserve.operator.main", "run the Kopf operator (health and metrics endpoints)"),
+    "operator": (
+        "tierserve.controller.main",
+        "run the Kopf operator (health and metrics endpoints)",
+    ),
     "plan": ("tierserve.cost", "cost per request of a routing share vs an all-top-tier fleet"),
     "simulate": (
-        "tierserve.simulate",
+        "tierserve.tools.simulate",
         "replay a request trace through the tiers with the adaptive threshold policy",
     ),
-    "render": ("tierserve.render", "print what the operator would create for a ModelTier file"),
-    "models": ("tierserve.testing.tinymodels", "generate (or reuse) the tiny test models"),
+    "render": (
+        "tierserve.build.render",
+        "print what the operator would create for a ModelTier file",
+    ),
+    "models": ("tierserve.dev.tinymodels", "generate (or reuse) the tiny test models"),
 }
 
 

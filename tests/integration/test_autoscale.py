@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from tests.fixtures.operator import start_operator
 from tests.waiting import eventually
-from tierserve.operator.status import find_condition
-from tierserve.testing.controlplane import ControlPlaneInfo
-from tierserve.testing.proc import free_port
-from tierserve.testing.prometheus import Prometheus
+from tierserve.controller.status import find_condition
+from tierserve.dev.controlplane import ControlPlaneInfo
+from tierserve.dev.proc import free_port
+from tierserve.dev.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def manifest(prometheus_url: str, name: str = "support-assistant") -> dict[str, 
             "prometheusURL": prometheus_url,
             "interval": "2s",
             "maxEscalationRate": 0.25,
-            "frontierQueueTarget": 5,
+            "topTierQueueTarget": 5,
             "maxStep": 0.05,
         },
     }
@@ -162,7 +162,7 @@ def test_signals_from_prometheus_move_the_threshold_within_bounds(
         assert esc["lastChangeTime"]
         cond = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
         assert cond["status"] == "True"
-        assert status["modelledCostReduction"] == pytest.approx(13.5 / (1.1 + 0.6 * 13.5), rel=0.1)
+        assert status["modelledCostFactor"] == pytest.approx(13.5 / (1.1 + 0.6 * 13.5), rel=0.1)
 
         live = get(kubectl, "rayservice", "support-assistant", namespace)
         serve = yaml.safe_load(live["spec"]["serveConfigV2"])

@@ -3,7 +3,7 @@ export their metrics through Ray's exporter, Prometheus scrapes it, and the oper
 process, on the real control plane) reads Prometheus's HTTP API and moves the router's threshold.
 
 The top tier runs one sequence at a time (vLLM `max_num_seqs: 1`), so a burst of requests to it
-builds a real vLLM queue (`vllm:num_requests_waiting`) past `frontierQueueTarget`.
+builds a real vLLM queue (`vllm:num_requests_waiting`) past `topTierQueueTarget`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import yaml
 
 from tests.fixtures.operator import condition, mt_status, start_operator
 from tests.waiting import eventually
-from tierserve.testing.controlplane import ControlPlaneInfo
-from tierserve.testing.proc import free_port
-from tierserve.testing.prometheus import start_prometheus
-from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import serve_on_loopback, tiny_modeltier
-from tierserve.testing.tinymodels import TinyModels
+from tierserve.dev.controlplane import ControlPlaneInfo
+from tierserve.dev.proc import free_port
+from tierserve.dev.prometheus import start_prometheus
+from tierserve.dev.ray_local import RayHead
+from tierserve.dev.tiered import serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import TinyModels
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 SPEC_THRESHOLD = 0.5
 
 
-def test_frontier_queue_raises_the_threshold_and_prometheus_loss_holds_it(
+def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
     control_plane: ControlPlaneInfo,
     kubectl: Run,
     namespace: str,
@@ -65,7 +65,7 @@ def test_frontier_queue_raises_the_threshold_and_prometheus_loss_holds_it(
                         "prometheusURL": prom.url,
                         "interval": "5s",
                         "maxEscalationRate": 1.0,  # no budget: only the queue can push back
-                        "frontierQueueTarget": 1,
+                        "topTierQueueTarget": 1,
                         "maxStep": 0.1,
                     },
                 },
@@ -117,13 +117,13 @@ def test_frontier_queue_raises_the_threshold_and_prometheus_loss_holds_it(
                     f.result()
         assert codes and set(codes) == {200}, set(codes)
         print(f"\nunder queue pressure: {esc}")
-        assert "frontier queue" in esc["reason"], esc
-        assert esc["signals"]["frontierQueue"] > 1, esc
+        assert "top-tier queue" in esc["reason"], esc
+        assert esc["signals"]["topTierQueue"] > 1, esc
         events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
-        moves = [e for e in events["items"] if e.get("reason") == "FrontierQueue"]
+        moves = [e for e in events["items"] if e.get("reason") == "TopTierQueue"]
         messages = [e["message"] for e in moves]  # one Event per move, in no set order
         assert any(m.startswith("threshold 0.5 -> ") for m in messages), messages
-        assert all("frontier queue" in m for m in messages), messages
+        assert all("top-tier queue" in m for m in messages), messages
         # The router itself decides with the new threshold (pushed through user_config).
         live = httpx.get(f"{ray_head.serve_url}/{name}/tierserve/config", timeout=10).json()
         assert live["threshold"] > SPEC_THRESHOLD

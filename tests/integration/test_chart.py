@@ -40,8 +40,8 @@ import httpx
 import pytest
 import yaml
 
-from tierserve.testing.controlplane import ControlPlaneInfo, module_version
-from tierserve.testing.proc import Process, free_port, logs_dir, start, wait_until
+from tierserve.dev.controlplane import ControlPlaneInfo, module_version
+from tierserve.dev.proc import Process, free_port, logs_dir, start, wait_until
 
 pytestmark = pytest.mark.integration
 

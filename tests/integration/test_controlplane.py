@@ -12,9 +12,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tierserve.testing import controlplane
-from tierserve.testing.controlplane import ControlPlaneInfo, Ports
-from tierserve.testing.proc import ComponentError
+from tierserve.dev import controlplane
+from tierserve.dev.controlplane import ControlPlaneInfo, Ports
+from tierserve.dev.proc import ComponentError
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +160,7 @@ def test_kuberay_operator_creates_raycluster_for_rayservice(
     binary = controlplane.kuberay_operator_binary()
     if binary is None:
         pytest.skip(
-            "KubeRay operator not built (optional; `python -m tierserve.testing.controlplane "
+            "KubeRay operator not built (optional; `python -m tierserve.dev.controlplane "
             "build --kuberay` builds it)"
         )
     operator = controlplane.start_kuberay_operator(control_plane, binary)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tierserve.testing.proc import free_port, port_in_use
+from tierserve.dev.proc import free_port, port_in_use
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import yaml
 
 from tests.fixtures.operator import condition, mt_status, start_operator
 from tests.waiting import eventually
-from tierserve.testing.controlplane import ControlPlaneInfo
-from tierserve.testing.proc import free_port
-from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import serve_on_loopback, tiny_modeltier
-from tierserve.testing.tinymodels import TinyModels
+from tierserve.dev.controlplane import ControlPlaneInfo
+from tierserve.dev.proc import free_port
+from tierserve.dev.ray_local import RayHead
+from tierserve.dev.tiered import serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import TinyModels
 
 pytestmark = pytest.mark.integration
 

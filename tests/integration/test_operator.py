@@ -18,8 +18,8 @@ import yaml
 
 from tests.fixtures.operator import start_operator
 from tests.waiting import eventually
-from tierserve.testing.controlplane import ControlPlaneInfo
-from tierserve.testing.proc import Process
+from tierserve.dev.controlplane import ControlPlaneInfo
+from tierserve.dev.proc import Process
 
 pytestmark = pytest.mark.integration
 

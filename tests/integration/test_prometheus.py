@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from tierserve.testing.proc import free_port
-from tierserve.testing.prometheus import Prometheus
+from tierserve.dev.proc import free_port
+from tierserve.dev.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.waiting import eventually
-from tierserve.quality import apgr
-from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
-from tierserve.testing.tinymodels import TinyModels, read_heldout
+from tierserve.dev.ray_local import RayHead
+from tierserve.dev.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import TinyModels, read_heldout
+from tierserve.tools.quality import apgr
 
 pytestmark = pytest.mark.integration
 

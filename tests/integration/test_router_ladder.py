@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.waiting import eventually
-from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
-from tierserve.testing.tinymodels import TinyModels
+from tierserve.dev.ray_local import RayHead
+from tierserve.dev.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import TinyModels
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tierserve.serving.local_models import APP_NAME
-from tierserve.testing.ray_local import RayHead
-from tierserve.testing.tinymodels import TinyModels, read_heldout
+from tierserve.dev.local_models import APP_NAME
+from tierserve.dev.ray_local import RayHead
+from tierserve.dev.tinymodels import TinyModels, read_heldout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from tierserve.api.v1alpha1 import ModelTier
-from tierserve.operator.autoscale import modelled_reduction, status_patch
-from tierserve.operator.signals import parse_value, queries
-from tierserve.policy import Decision, PolicyMemory
+from tierserve.autoscale.policy import Decision, PolicyMemory
+from tierserve.autoscale.signals import parse_value, queries
+from tierserve.controller.autoscale import modelled_cost_factor, status_patch
 
 pytestmark = pytest.mark.unit
 
@@ -26,16 +26,16 @@ def test_queries_select_this_modeltier_and_its_top_tier() -> None:
     q = queries("support-assistant", "frontier", "frontier", "30s")
     assert 'modeltier="support-assistant"' in q["escalation_rate"]
     assert 'tier="frontier"' in q["escalation_rate"]
-    assert "[30s]" in q["frontier_queue"] and 'model_name="frontier"' in q["frontier_queue"]
-    assert q["frontier_latency"].startswith("histogram_quantile(0.95")
+    assert "[30s]" in q["top_tier_queue"] and 'model_name="frontier"' in q["top_tier_queue"]
+    assert q["top_tier_latency"].startswith("histogram_quantile(0.95")
     assert 'agreed="true"' in q["shadow_agreement"]
 
 
 def test_rates_span_several_of_rays_metric_updates_even_at_short_intervals() -> None:
     """Ray's exporter updates counters about every 10 s: a 5 s rate would be mostly 0/0."""
     q = queries("m", "top", "top", "5s")
-    assert "[30s]" in q["escalation_rate"] and "[30s]" in q["frontier_latency"]
-    assert "[5s]" in q["frontier_queue"]  # a gauge: the interval's own window
+    assert "[30s]" in q["escalation_rate"] and "[30s]" in q["top_tier_latency"]
+    assert "[5s]" in q["top_tier_queue"]  # a gauge: the interval's own window
     assert (
         "[2m]" not in q["escalation_rate"]
         and "[120s]" in queries("m", "t", "t", "2m")["request_rate"]
@@ -77,17 +77,17 @@ def test_status_patch_records_threshold_signals_reason_and_availability() -> Non
     }
     (cond,) = patch["conditions"]
     assert (cond["type"], cond["status"]) == ("MetricsAvailable", "True")
-    assert patch["modelledCostReduction"] == pytest.approx(13.5 / (1.1 + 0.2 * 13.5), rel=1e-3)
+    assert patch["modelledCostFactor"] == pytest.approx(13.5 / (1.1 + 0.2 * 13.5), rel=1e-3)
 
     held = status_patch(mt(), patch, decision(0.55), {}, False, "Prometheus unreachable", 4, "t2")
     assert held["escalation"]["lastChangeTime"] == "t1"  # unchanged threshold keeps its time
     cond = held["conditions"][0]
     assert (cond["status"], cond["reason"]) == ("False", "SignalsUnavailable")
     assert cond["message"] == "Prometheus unreachable"
-    assert "modelledCostReduction" not in held
+    assert "modelledCostFactor" not in held
 
 
-def test_modelled_reduction_uses_the_cost_model() -> None:
-    assert modelled_reduction(mt(), 0.0) == pytest.approx(13.5 / 1.1, rel=1e-3)
-    assert modelled_reduction(mt(), None) is None
-    assert not math.isnan(modelled_reduction(mt(), 1.0) or math.nan)
+def test_modelled_cost_factor_uses_the_cost_model() -> None:
+    assert modelled_cost_factor(mt(), 0.0) == pytest.approx(13.5 / 1.1, rel=1e-3)
+    assert modelled_cost_factor(mt(), None) is None
+    assert not math.isnan(modelled_cost_factor(mt(), 1.0) or math.nan)

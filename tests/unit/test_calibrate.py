@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tierserve import calibrate
 from tierserve.serving import scorers
+from tierserve.tools import calibrate
 
 pytestmark = pytest.mark.unit
 

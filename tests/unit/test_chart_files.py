@@ -128,7 +128,7 @@ def test_dashboard_covers_what_operators_ask_for() -> None:
         "ray_tierserve_escalation_threshold",
         "ray_tierserve_confidence_bucket",  # confidence distribution
         "ray_tierserve_routing_decision_seconds_bucket",  # latency
-        "tierserve_operator_modelled_cost_reduction",  # modelled cost reduction
+        "tierserve_operator_modelled_cost_factor",  # modelled cost reduction
     ):
         assert metric in exprs, metric
     ids = [p["id"] for p in dash["panels"]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tierserve.testing import controlplane
+from tierserve.dev import controlplane
 
 pytestmark = pytest.mark.unit
 

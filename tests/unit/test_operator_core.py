@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tierserve.api.v1alpha1 import ModelTier
-from tierserve.operator.drift import covers
-from tierserve.operator.status import Observation, compute_status, status_changed
+from tierserve.controller.drift import covers
+from tierserve.controller.status import Observation, compute_status, status_changed
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def conds(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def healthy_app(state: str = "RUNNING") -> dict[str, Any]:
-    deps = {name: {"status": "HEALTHY"} for name in ("tier-small", "tier-frontier", "Router")}
+    deps = {name: {"status": "HEALTHY"} for name in ("tier-small", "tier-frontier", "Ingress")}
     return {"status": state, "deployments": deps}
 
 
@@ -109,7 +109,7 @@ def test_covers_ignores_defaults_but_sees_edits() -> None:
 
 
 def test_two_writers_of_conditions_do_not_churn() -> None:
-    from tierserve.operator.status import condition, merge_conditions
+    from tierserve.controller.status import condition, merge_conditions
 
     first = status(Observation(app=healthy_app()), now="t1")
     metrics = condition("MetricsAvailable", True, "SignalsRead", "ok", 3)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tierserve.api.v1alpha1 import Autoscale, Escalation
-from tierserve.policy import (
+from tierserve.autoscale.policy import (
     PolicyMemory,
     PolicyParams,
     Signals,
@@ -69,12 +69,12 @@ def memories(draw: st.DrawFn) -> PolicyMemory:
 @st.composite
 def signals(draw: st.DrawFn) -> Signals:
     return Signals(
-        frontier_queue=draw(st.none() | st.floats(0.0, 200.0)),
-        frontier_latency=draw(st.none() | st.floats(0.0, 60.0)),
+        top_tier_queue=draw(st.none() | st.floats(0.0, 200.0)),
+        top_tier_latency=draw(st.none() | st.floats(0.0, 60.0)),
         escalation_rate=draw(st.none() | share),
         request_rate=draw(st.none() | st.floats(0.1, 1000.0)),
-        frontier_throughput=draw(st.none() | st.floats(0.0, 500.0)),
-        frontier_replicas=draw(st.none() | st.floats(1.0, 64.0)),
+        top_tier_throughput=draw(st.none() | st.floats(0.0, 500.0)),
+        top_tier_replicas=draw(st.none() | st.floats(1.0, 64.0)),
         lower_load=draw(st.none() | st.floats(0.0, 3.0)),
         shadow_agreement=draw(st.none() | share),
     )
@@ -124,7 +124,7 @@ def _monotone(field: str, values: st.SearchStrategy[float], direction: int = 1) 
 
 
 def test_more_queue_never_lowers_the_threshold() -> None:
-    _monotone("frontier_queue", st.floats(0.0, 200.0))
+    _monotone("top_tier_queue", st.floats(0.0, 200.0))
 
 
 def test_more_agreement_never_lowers_the_threshold() -> None:
@@ -136,7 +136,7 @@ def test_higher_realized_rate_never_lowers_the_threshold() -> None:
 
 
 def test_higher_latency_never_lowers_the_threshold() -> None:
-    _monotone("frontier_latency", st.floats(0.0, 60.0))
+    _monotone("top_tier_latency", st.floats(0.0, 60.0))
 
 
 def test_more_lower_tier_load_never_raises_the_threshold() -> None:
@@ -153,17 +153,17 @@ def test_more_lower_tier_load_never_raises_the_threshold() -> None:
 def test_a_steady_in_band_state_holds_the_threshold(
     current: float, intervals: list[tuple[float, float]], load: float, latency: float | None
 ) -> None:
-    """Escalation within the tolerance of the budget and the frontier under its targets: the
+    """Escalation within the tolerance of the budget and the top tier under its targets: the
     threshold never moves, however the in-band readings wander."""
     p = replace(PARAMS, latency_target=2.0)
     memory = PolicyMemory()
     for offset, queue in intervals:
         s = Signals(
-            frontier_queue=queue,
-            frontier_latency=latency,
+            top_tier_queue=queue,
+            top_tier_latency=latency,
             escalation_rate=p.budget + offset * p.rate_tolerance,
             request_rate=load,
-            frontier_replicas=4.0,
+            top_tier_replicas=4.0,
         )
         d = decide(current, s, p, memory)
         assert d.threshold == current, d.reason
@@ -171,41 +171,41 @@ def test_a_steady_in_band_state_holds_the_threshold(
 
 
 def test_reason_names_the_binding_signal() -> None:
-    d = decide(0.5, Signals(frontier_queue=7.2, escalation_rate=0.2), PARAMS)
-    assert d.reason == "frontier queue 7.2 > target 5: backing off"
-    assert d.constraint == "FrontierQueue" and d.threshold > 0.5
+    d = decide(0.5, Signals(top_tier_queue=7.2, escalation_rate=0.2), PARAMS)
+    assert d.reason == "top-tier queue 7.2 > target 5: backing off"
+    assert d.constraint == "TopTierQueue" and d.threshold > 0.5
 
-    d = decide(0.5, Signals(frontier_queue=0.0, escalation_rate=0.31, request_rate=100), PARAMS)
+    d = decide(0.5, Signals(top_tier_queue=0.0, escalation_rate=0.31, request_rate=100), PARAMS)
     assert d.reason == "escalation 31% > budget 25%: backing off"
     assert d.constraint == "Budget" and d.threshold > 0.5
 
-    d = decide(0.5, Signals(frontier_queue=0.0, escalation_rate=0.15, request_rate=100), PARAMS)
+    d = decide(0.5, Signals(top_tier_queue=0.0, escalation_rate=0.15, request_rate=100), PARAMS)
     assert d.reason == "escalation 15% < budget 25%: escalating more"
     assert d.threshold == pytest.approx(0.45)  # a big gap: the full maxStep, no more
 
-    d = decide(0.5, Signals(frontier_queue=3.0, escalation_rate=0.15, request_rate=100), PARAMS)
-    assert d.reason == "frontier queue 3.0 near target 5: holding"  # hysteresis band
+    d = decide(0.5, Signals(top_tier_queue=3.0, escalation_rate=0.15, request_rate=100), PARAMS)
+    assert d.reason == "top-tier queue 3.0 near target 5: holding"  # hysteresis band
     assert d.threshold == 0.5
 
 
 def test_latency_over_target_backs_off_and_near_it_holds() -> None:
     p = replace(PARAMS, latency_target=2.0)
-    over = decide(0.5, Signals(frontier_latency=3.0, escalation_rate=0.2), p)
-    assert over.threshold > 0.5 and over.constraint == "FrontierLatency"
-    near = decide(0.5, Signals(frontier_latency=1.9, escalation_rate=0.2, request_rate=50), p)
+    over = decide(0.5, Signals(top_tier_latency=3.0, escalation_rate=0.2), p)
+    assert over.threshold > 0.5 and over.constraint == "TopTierLatency"
+    near = decide(0.5, Signals(top_tier_latency=1.9, escalation_rate=0.2, request_rate=50), p)
     assert near.threshold == 0.5
 
 
 def test_agreement_target_spends_less_when_the_small_tier_is_good_and_more_when_it_drops() -> None:
     p = replace(PARAMS, agreement_target=0.9)
-    base = Signals(frontier_queue=0.0, escalation_rate=0.15, request_rate=100)
+    base = Signals(top_tier_queue=0.0, escalation_rate=0.15, request_rate=100)
     good = decide(0.5, replace(base, shadow_agreement=0.97), p)
     assert good.threshold > 0.5 and good.constraint == "Quality"
     enough = decide(0.5, replace(base, shadow_agreement=0.905), p)
     assert enough.threshold == 0.5
     dropping = decide(0.5, replace(base, shadow_agreement=0.8), p)
     assert dropping.threshold < 0.5 and dropping.constraint == "Budget"
-    # upfront/hybrid: overloaded lower tiers need the relief more than the frontier needs the rest
+    # upfront/hybrid: overloaded lower tiers need the relief more than the top tier needs the rest
     offload = replace(p, offloads_lower=True)
     relief = decide(0.5, replace(base, shadow_agreement=0.97, lower_load=1.5), offload)
     assert relief.threshold < 0.5
@@ -214,33 +214,33 @@ def test_agreement_target_spends_less_when_the_small_tier_is_good_and_more_when_
 def test_capacity_learned_in_overflow_backs_off_a_load_step_before_the_queue_grows() -> None:
     p = PARAMS
     overflow = Signals(
-        frontier_queue=12.0,
+        top_tier_queue=12.0,
         escalation_rate=0.25,
         request_rate=40.0,
-        frontier_throughput=8.0,
-        frontier_replicas=4.0,
+        top_tier_throughput=8.0,
+        top_tier_replicas=4.0,
     )
     d = decide(0.4, overflow, p)
     assert d.memory.capacity == pytest.approx(2.0)  # completions per replica while saturated
     calm = Signals(
-        frontier_queue=0.0,
+        top_tier_queue=0.0,
         escalation_rate=0.25,
         request_rate=20.0,
-        frontier_throughput=5.0,
-        frontier_replicas=4.0,
+        top_tier_throughput=5.0,
+        top_tier_replicas=4.0,
     )
     d = decide(0.45, calm, p, d.memory)
-    assert d.threshold == 0.45  # 5 req/s escalated, the frontier does ~8: the budget binds
+    assert d.threshold == 0.45  # 5 req/s escalated, the top tier does ~8: the budget binds
     step = replace(calm, request_rate=200.0)  # 10x: 50 req/s would be escalated
     d = decide(0.45, step, p, d.memory)
-    assert d.constraint == "FrontierCapacity" and d.threshold == pytest.approx(0.5)
-    doubled = replace(step, frontier_replicas=8.0)  # Serve added replicas: capacity per replica
+    assert d.constraint == "TopTierCapacity" and d.threshold == pytest.approx(0.5)
+    doubled = replace(step, top_tier_replicas=8.0)  # Serve added replicas: capacity per replica
     assert decide(0.45, doubled, p, d.memory).threshold == pytest.approx(0.5)
-    assert decide(0.45, replace(calm, frontier_replicas=40.0), p, d.memory).threshold == 0.45
+    assert decide(0.45, replace(calm, top_tier_replicas=40.0), p, d.memory).threshold == 0.45
 
 
 def test_pooled_evidence_narrows_the_deadband_while_holding() -> None:
-    s = Signals(frontier_queue=0.0, escalation_rate=0.272, request_rate=20.0)  # 600 requests
+    s = Signals(top_tier_queue=0.0, escalation_rate=0.272, request_rate=20.0)  # 600 requests
     d = decide(0.4, s, PARAMS)
     assert d.threshold == 0.4  # 2.2 pp over on 600 requests is within sampling noise
     memory = d.memory
@@ -251,7 +251,7 @@ def test_pooled_evidence_narrows_the_deadband_while_holding() -> None:
 
 
 def test_slope_is_learned_from_moves() -> None:
-    s = Signals(frontier_queue=0.0, escalation_rate=0.10, request_rate=100.0)
+    s = Signals(top_tier_queue=0.0, escalation_rate=0.10, request_rate=100.0)
     d = decide(0.5, s, PARAMS)
     assert d.threshold == pytest.approx(0.45)
     d = decide(0.45, replace(s, escalation_rate=0.25), PARAMS, d.memory)
@@ -267,7 +267,7 @@ def _settle(rate_of: float, slope: float, start: float) -> list[float]:
     path, memory, t = [start], PolicyMemory(), start
     for _ in range(15):
         rate = min(1.0, max(0.0, 0.25 - slope * (t - rate_of)))
-        s = Signals(frontier_queue=0.0, escalation_rate=rate, request_rate=1e4)
+        s = Signals(top_tier_queue=0.0, escalation_rate=rate, request_rate=1e4)
         d = decide(t, s, PARAMS, memory)
         t, memory = d.threshold, d.memory
         path.append(t)
@@ -353,10 +353,10 @@ def test_params_from_the_api() -> None:
                 "prometheusURL": "http://prom:9090",
                 "interval": "1m30s",
                 "maxEscalationRate": 0.1,
-                "frontierQueueTarget": 3,
+                "topTierQueueTarget": 3,
                 "maxStep": 0.02,
                 "signalGracePeriod": "2m30s",
-                "frontierLatencyTarget": 2.5,
+                "topTierLatencyTarget": 2.5,
                 "rateTolerance": 0.02,
                 "agreementTarget": 0.92,
             },
@@ -395,11 +395,11 @@ def test_each_knob_reaches_the_decision() -> None:
     assert decide(0.3, Signals(), params(), held).threshold == 0.3
     assert decide(0.3, Signals(), params(signalGracePeriod="1m"), held).threshold == 0.35
 
-    slow = Signals(frontier_latency=3.0, escalation_rate=0.25, request_rate=100)
+    slow = Signals(top_tier_latency=3.0, escalation_rate=0.25, request_rate=100)
     assert decide(0.5, slow, params()).threshold == 0.5
-    assert decide(0.5, slow, params(frontierLatencyTarget=2)).constraint == "FrontierLatency"
+    assert decide(0.5, slow, params(topTierLatencyTarget=2)).constraint == "TopTierLatency"
 
-    over = Signals(frontier_queue=0.0, escalation_rate=0.28, request_rate=1000)  # 30000 requests
+    over = Signals(top_tier_queue=0.0, escalation_rate=0.28, request_rate=1000)  # 30000 requests
     assert decide(0.5, over, params()).threshold > 0.5
     assert decide(0.5, over, params(rateTolerance=0.05)).threshold == 0.5
 
@@ -413,8 +413,8 @@ def test_each_knob_reaches_the_decision() -> None:
     [
         ("signalGracePeriod", "5 minutes"),
         ("signalGracePeriod", "-1m"),
-        ("frontierLatencyTarget", 0),
-        ("frontierLatencyTarget", -1.5),
+        ("topTierLatencyTarget", 0),
+        ("topTierLatencyTarget", -1.5),
         ("rateTolerance", 0.6),
         ("rateTolerance", -0.01),
         ("agreementTarget", 1.2),
@@ -430,6 +430,6 @@ def test_memory_and_signals_serialize_for_status() -> None:
     m = PolicyMemory(pool_threshold=0.4, pool_requests=600, pool_escalated=150, capacity=2.0)
     assert PolicyMemory.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     assert PolicyMemory.from_dict({"slope": 2.0, "unknownField": 1}).slope == 2.0
-    s = Signals(frontier_queue=7.2, escalation_rate=0.3)
-    assert s.as_status() == {"frontierQueue": 7.2, "escalationRate": 0.3}
+    s = Signals(top_tier_queue=7.2, escalation_rate=0.3)
+    assert s.as_status() == {"topTierQueue": 7.2, "escalationRate": 0.3}
     assert not Signals(shadow_agreement=0.9).available()

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tierserve import quality
 from tierserve.serving import routing
+from tierserve.tools import quality
 
 pytestmark = pytest.mark.unit
 

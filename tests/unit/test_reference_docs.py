@@ -222,6 +222,6 @@ def test_operations_guide_lists_every_dashboard_panel() -> None:
     ],
 )
 def test_operations_guide_condition_reasons_are_the_codes(reason: str) -> None:
-    code = "".join(p.read_text() for p in (ROOT / "operator").glob("*.py"))
+    code = "".join(p.read_text() for p in (ROOT / "tierserve" / "controller").glob("*.py"))
     assert f'"{reason}"' in code
     assert f"`{reason}`" in OPERATIONS

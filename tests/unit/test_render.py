@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tierserve import render
+from tierserve import names
 from tierserve.api.v1alpha1 import ModelTier
+from tierserve.build import render
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +77,7 @@ def test_threshold_travels_only_in_the_router_user_config() -> None:
         k: v for k, v in moved.items() if k != "deployments"
     }
     router = moved["deployments"][0]
-    assert router["name"] == render.ROUTER_DEPLOYMENT
+    assert router["name"] == names.INGRESS_DEPLOYMENT
     assert router["user_config"]["mode"] == "cascade"
     assert [t["name"] for t in router["user_config"]["tiers"]] == ["small", "frontier"]
     assert router["user_config"]["forceTopTier"][0]["keywords"] == [

@@ -16,9 +16,9 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import murmurhash3_32 as sk_murmur
 
-from tierserve import calibrate, quality
 from tierserve.serving import scorers
 from tierserve.serving.scorers import HashedNgrams, HeuristicScorer, LinearScorer, QuantileMap
+from tierserve.tools import calibrate, quality
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierserve import simulate as sim
-from tierserve.policy import PolicyParams
+from tierserve.autoscale.policy import PolicyParams
+from tierserve.tools import simulate as sim
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +68,7 @@ def test_difficulty_shift_keeps_the_budget_and_settles() -> None:
 
 def test_load_step_on_a_short_frontier_backs_off_and_recovers() -> None:
     trace = sim.synthetic("load-swing", minutes=15, scale=0.5)
-    setup = sim.sized(trace, PARAMS, frontier_busy=1 / 0.6)
+    setup = sim.sized(trace, PARAMS, top_tier_busy=1 / 0.6)
     adaptive = sim.simulate(trace, setup)
     at_budget = sim.simulate(trace, setup, static=sim.calibrate_static(trace, PARAMS.budget))
     over = adaptive.queue > PARAMS.queue_target
@@ -78,7 +78,7 @@ def test_load_step_on_a_short_frontier_backs_off_and_recovers() -> None:
     assert adaptive.rate[peak].mean() < 0.2  # capacity, not the budget, limits it at peak
     assert adaptive.rate[-4:].mean() == pytest.approx(PARAMS.budget, abs=0.03)  # back to budget
     assert adaptive.timeouts.sum() < at_budget.timeouts.sum()
-    assert any(c == "FrontierCapacity" for c in adaptive.constraints)
+    assert any(c == "TopTierCapacity" for c in adaptive.constraints)
 
 
 def test_csv_trace_replays_through_main(tmp_path: Path) -> None:

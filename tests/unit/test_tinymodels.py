@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tierserve.testing import tinymodels as tm
+from tierserve.dev import tinymodels as tm
 
 pytestmark = pytest.mark.unit
 

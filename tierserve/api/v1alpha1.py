@@ -204,7 +204,7 @@ class Autoscale(_Model):
     max_escalation_rate: Fraction = Field(
         default=0.25, description="Budget: the share of requests the top tier may receive."
     )
-    frontier_queue_target: float = Field(
+    top_tier_queue_target: float = Field(
         default=5.0, ge=0, description="Waiting requests per top-tier replica before backing off."
     )
     max_step: Fraction = Field(
@@ -218,7 +218,7 @@ class Autoscale(_Model):
             "no samples) before it walks back to `threshold`, at most maxStep per interval."
         ),
     )
-    frontier_latency_target: float | None = Field(
+    top_tier_latency_target: float | None = Field(
         default=None,
         gt=0,
         le=3600,
@@ -490,7 +490,7 @@ class ModelTierStatus(_Model):
     ready: str = Field(default="", description="Ready tiers over all tiers, e.g. 2/2.")
     tier_names: str = Field(default="", description="The ladder, cheapest first, e.g. small,large.")
     application: str = Field(default="", description="Name of the Serve application.")
-    modelled_cost_reduction: float | None = Field(
+    modelled_cost_factor: float | None = Field(
         default=None, description="All-top-tier cost divided by the modelled cost."
     )
     kopf: dict[str, Any] = Field(

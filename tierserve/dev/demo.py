@@ -1,0 +1,312 @@
+"""`make demo` / `tierserve demo`: the whole product on this machine, nothing faked.
+
+A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager built from Go
+modules), the ModelTier CRD, a local Ray head, Prometheus scraping Ray's metrics exporter (the
+router's and vLLM's series), and `tierserve operator` as its own process. Then a ModelTier is
+applied with `kubectl`, exactly as a user would: the operator deploys it through the external
+backend (Serve REST API) and its threshold autoscaler reads Prometheus. Traffic flows, the
+autoscaler moves the threshold towards its escalation budget, and the summary prints who served
+what, the live threshold and why, the modelled cost, and `kubectl`/`curl` lines that work.
+Ctrl-C (or SIGTERM) deletes the ModelTier and stops everything this started.
+
+`tierserve up` is the cluster-free variant (Ray only) for people without any Kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import yaml
+
+from tierserve import cost
+from tierserve.api.crd import render_yaml
+from tierserve.api.v1alpha1 import ModelTier
+from tierserve.controller.status import find_condition
+from tierserve.dev import controlplane
+from tierserve.dev.local import interrupt_on_sigterm, uninterrupted
+from tierserve.dev.local_models import ServeError
+from tierserve.dev.operator_run import start_operator
+from tierserve.dev.proc import ComponentError, Process, cache_dir, require_free_port
+from tierserve.dev.prometheus import Prometheus, start_prometheus
+from tierserve.dev.ray_local import RayHead, start_ray_head
+from tierserve.dev.tiered import serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import TinyModels, ensure_models, read_heldout
+
+NAMESPACE = "demo"
+NAME = "tiny-sums"
+READY_TIMEOUT_S = 900.0
+BUDGET = 0.3  # the demo's escalation budget: the cascade escalates ~70% at threshold 0.5
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) -> dict[str, Any]:
+    """The sample ModelTier: small -> large cascade, threshold autoscaled towards a budget."""
+    doc = tiny_modeltier(
+        NAME,
+        {"small": str(models.small), "large": str(models.large)},
+        dashboard_url=dashboard_url,
+        route_prefix="/",
+        namespace=NAMESPACE,
+        routing={
+            "mode": "cascade",
+            "escalation": {
+                "threshold": 0.5,
+                "bounds": {"min": 0.3, "max": 0.95},
+                "autoscale": {
+                    "prometheusURL": prometheus_url,
+                    "interval": "10s",
+                    "maxEscalationRate": BUDGET,
+                    "topTierQueueTarget": 4,
+                    "maxStep": 0.1,
+                },
+            },
+            "cascade": {"earlyDecisionTokens": 2},
+            "forceTopTier": [{"name": "finance", "keywords": ["invoice", "refund"]}],
+        },
+    )
+    ModelTier.model_validate(doc)  # fail here, with the field named, not at the API server
+    return doc
+
+
+class Kubectl:
+    def __init__(self, cp: controlplane.ControlPlaneInfo):
+        self.binary, self.env = str(cp.kubectl), {"PATH": "/usr/bin:/bin", **cp.env()}
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        out = subprocess.run(
+            [self.binary, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
+        if check and out.returncode != 0:
+            raise ComponentError("kubectl", f"{' '.join(args)}: {out.stderr.strip()[:400]}")
+        return out.stdout
+
+    def status(self) -> dict[str, Any]:
+        out = self("get", "mt", NAME, "-n", NAMESPACE, "-o", "json", check=False)
+        try:
+            return dict(json.loads(out).get("status") or {})
+        except json.JSONDecodeError:
+            return {}
+
+
+def install_crd(kubectl: Kubectl) -> None:
+    kubectl("apply", "--server-side", "-f", "-", input=render_yaml())
+    deadline = time.monotonic() + 60
+    while kubectl("get", "modeltiers", "-A", check=False) == "" and time.monotonic() < deadline:
+        time.sleep(0.5)  # discovery: the CRD is Established a moment after the apply
+    kubectl("get", "modeltiers", "-A")
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace_doc()))
+
+
+def namespace_doc() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
+    """Until Ready, printing the operator's own progress messages; Degraded fails at once."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = ""
+    while time.monotonic() < deadline:
+        if not operator.alive():
+            raise ComponentError("operator", "exited", operator.log)
+        status = kubectl.status()
+        degraded = find_condition(status, "Degraded")
+        if degraded.get("status") == "True":
+            raise ComponentError(
+                "ModelTier", f"Degraded: {degraded.get('reason')}: {degraded.get('message')}"
+            )
+        if find_condition(status, "Ready").get("status") == "True":
+            return status
+        progress = (
+            find_condition(status, "Progressing").get("message") or "waiting for the operator"
+        )
+        line = f"    {status.get('ready', '0/2')} tiers ready: {progress}"
+        if line != last:
+            say(line)
+            last = line
+        time.sleep(2)
+    raise ComponentError("ModelTier", f"not Ready after {READY_TIMEOUT_S:.0f}s", operator.log)
+
+
+def traffic(
+    base_url: str, prompts: list[dict[str, str]], seconds: float, on_tick: Callable[[], None]
+) -> dict[str, Any]:
+    """Two clients loop over held-out sums for `seconds`; `on_tick` runs every 2 s meanwhile."""
+    served: dict[str, int] = {}
+    tally = {"requests": 0, "correct": 0, "escalated": 0, "errors": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(offset: int) -> None:
+        i = offset
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < stop_at:
+                example = prompts[i % len(prompts)]
+                i += 2
+                r = http.post(
+                    f"{base_url}/completions",
+                    json={"model": NAME, "prompt": example["prompt"], "max_tokens": 4},
+                )
+                with lock:
+                    tally["requests"] += 1
+                    if r.status_code != 200:
+                        tally["errors"] += 1
+                        continue
+                    body = r.json()
+                    tier = body["tierserve"]["tier"]
+                    served[tier] = served.get(tier, 0) + 1
+                    tally["escalated"] += bool(body["tierserve"]["escalated"])
+                    tally["correct"] += body["choices"][0]["text"].strip() == example["answer"]
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(client, k) for k in range(2)]
+        while not all(f.done() for f in running):
+            on_tick()
+            time.sleep(2)
+        for f in running:
+            f.result()
+    return {**tally, "served": served}
+
+
+def demo(port: int = 8000, seconds: float = 60.0) -> int:
+    """Runs the whole stack until Ctrl-C; returns the process exit code."""
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    stops: list[tuple[str, Callable[[], Any]]] = []
+    try:
+        require_free_port("tierserve demo", port)
+        say("==> tiny models: checking the cache (a cold run trains them on CPU: a few minutes)")
+        models = ensure_models(progress=say)
+
+        say("==> kubernetes: local control plane on 127.0.0.1 (a cold run builds it from Go)")
+        state = cache_dir() / "demo" / "controlplane"
+        cp = controlplane.up(state)
+        stops.append(("control plane", lambda: controlplane.down(state)))
+        kubectl = k = Kubectl(cp)
+        install_crd(kubectl)
+        say(f"    API server {cp.server_url}; ModelTier CRD installed; namespace {NAMESPACE}")
+
+        say("==> ray: a local head node on 127.0.0.1")
+        head: RayHead = start_ray_head()
+        stops.append(("ray", head.stop))
+        serve_on_loopback(head.dashboard_url, port)
+        say(f"    dashboard {head.dashboard_url}; logs {head.session_logs}")
+
+        say("==> prometheus: scraping Ray's metrics exporter (router and vLLM series)")
+        prom: Prometheus = start_prometheus(
+            {"ray": [f"127.0.0.1:{head.metrics_export_port}"]}, interval="2s"
+        )
+        stops.append(("prometheus", prom.stop))
+        say(f"    {prom.url}")
+
+        say(f"==> operator: `tierserve operator -n {NAMESPACE}`")
+        operator = start_operator(cp.env(), NAMESPACE, resync=10.0)
+        stops.append(("operator", operator.stop))
+        say(f"    log {operator.log}")
+
+        doc = demo_modeltier(models, head.dashboard_url, prom.url)
+        manifest = cache_dir() / "demo" / f"{NAME}.yaml"
+        manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+        say(f"==> kubectl apply -f {manifest}")
+        kubectl("apply", "-f", str(manifest))
+        # Stopped first (stops run in reverse), while the operator can still remove its finalizer.
+        stops.append(("ModelTier", lambda: k("delete", "-f", str(manifest), check=False)))
+        say(
+            "    the operator deploys it on Ray (vLLM on CPU loads both engines in a minute or two)"
+        )
+        wait_ready(kubectl, operator)
+
+        base = f"http://127.0.0.1:{port}/v1"
+        prompts = read_heldout(models.heldout)
+        say(f"==> traffic: {seconds:.0f}s of held-out sums from 2 clients; budget {BUDGET:.0%}")
+        seen = {"threshold": 0.5}
+
+        def show_moves() -> None:
+            esc = k.status().get("escalation") or {}
+            threshold = esc.get("threshold")
+            if threshold is not None and threshold != seen["threshold"]:
+                say(f"    threshold {seen['threshold']:g} -> {threshold:g}: {esc.get('reason')}")
+                seen["threshold"] = threshold
+
+        tally = traffic(base, prompts, seconds, show_moves)
+        show_moves()
+        summary(kubectl, ModelTier.model_validate(doc), tally)
+        say("")
+        say(f"Serving ModelTier '{NAME}' at {base} (OpenAI API). Try:")
+        say(
+            f"  curl -s {base}/completions -H 'Content-Type: application/json' "
+            """-d '{"model":"tiny-sums","prompt":"37+48=","max_tokens":4,"temperature":0}'"""
+        )
+        say(f"  KUBECONFIG={cp.kubeconfig} {cp.kubectl} get mt -n {NAMESPACE}")
+        say(f"  Prometheus {prom.url}   Ray dashboard {head.dashboard_url}")
+        say("Ctrl-C to stop.")
+        while head.alive() and operator.alive():
+            time.sleep(1.0)
+        dead = ("ray head", head.log) if not head.alive() else ("operator", operator.log)
+        print(f"{dead[0]}: exited unexpectedly; see {dead[1]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        say("\n==> stopping")
+        return 0
+    except (ComponentError, ServeError) as exc:
+        print(f"tierserve demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        with uninterrupted(previous):
+            for what, stop in reversed(stops):
+                try:
+                    stop()
+                except Exception as exc:  # keep stopping the rest
+                    print(f"stopping {what}: {exc}", file=sys.stderr)
+            if stops:
+                say("==> stopped")
+
+
+def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
+    status = kubectl.status()
+    esc = status.get("escalation") or {}
+    n = max(tally["requests"], 1)
+    say(f"==> summary ({tally['requests']} requests, {tally['errors']} errors)")
+    say(f"    served by tier: {tally['served']}")
+    say(f"    escalated: {tally['escalated'] / n:.0%}   accuracy: {tally['correct'] / n:.0%}")
+    say(
+        f"    live threshold: {esc.get('threshold', mt.spec.routing.escalation.threshold)} "
+        f"(spec {mt.spec.routing.escalation.threshold}); last change: {esc.get('reason', '-')}"
+    )
+    metrics = find_condition(status, "MetricsAvailable")
+    say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
+    reduction = status.get("modelledCostFactor")
+    if reduction is None:  # computed here from what was served, with the same cost model
+        share = tally["served"].get(mt.spec.tiers[-1].name, 0) / n
+        reduction = cost.reduction(cost.tier_costs(mt.spec), [1 - share, share], "cascade")
+    say(f"    modelled cost: {float(reduction):.2f}x cheaper than sending everything to 'large'")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`tierserve demo [--port 8000] [--seconds 60]`."""
+    parser = argparse.ArgumentParser(prog="tierserve demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="OpenAI endpoint port (127.0.0.1)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long traffic runs")
+    args = parser.parse_args(argv)
+    return demo(args.port, args.seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

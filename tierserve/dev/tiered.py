@@ -1,0 +1,146 @@
+"""A ModelTier of the two generated tiny models, deployed on a real Ray head without Kubernetes.
+
+It goes through the same code the operator's external backend uses (render, then the Serve REST
+API), so tests and benchmarks of the data path exercise exactly what production deploys.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import httpx
+
+from tierserve.api.v1alpha1 import ModelTier
+from tierserve.build import render
+from tierserve.controller.external import ServeREST
+from tierserve.dev.proc import ComponentError
+from tierserve.serving.routing import config_hash
+
+CPU_ENGINE_ARGS = {
+    "enforce_eager": True,
+    "dtype": "float32",
+    "max_model_len": 256,
+    "gpu_memory_utilization": 0.2,
+}
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+
+def tiny_modeltier(
+    name: str,
+    models: dict[str, str],
+    *,
+    dashboard_url: str,
+    route_prefix: str | None = None,
+    routing: dict[str, Any] | None = None,
+    namespace: str = "local",
+) -> dict[str, Any]:
+    """A ModelTier manifest: `models` maps tier name (cheapest first) to a model directory."""
+    costs = {"small": 0.1, "large": 1.23}
+    tiers = [
+        {
+            "name": tier,
+            "model": {"source": path},
+            "gpusPerReplica": 0,
+            "engineArgs": dict(CPU_ENGINE_ARGS),
+            "env": dict(CPU_ENV),
+            "costPerHour": costs.get(tier, 1.0),
+        }
+        for tier, path in models.items()
+    ]
+    return {
+        "apiVersion": "tierserve.io/v1alpha1",
+        "kind": "ModelTier",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "tiers": tiers,
+            "routing": routing or {"mode": "cascade", "escalation": {"threshold": 0.5}},
+            "ray": {
+                "backend": "external",
+                "dashboardURL": dashboard_url,
+                "routePrefix": route_prefix or f"/{name}",
+            },
+        },
+    }
+
+
+class TieredApp:
+    """A deployed ModelTier application; `route(...)` changes the router's config in place."""
+
+    def __init__(self, doc: dict[str, Any], serve_url: str):
+        self.doc = copy.deepcopy(doc)
+        self.mt = ModelTier.model_validate(self.doc)
+        self.serve = ServeREST(str(self.mt.spec.ray.dashboard_url), timeout=60)
+        self.name = render.app_name(self.mt.metadata["namespace"], self.mt.metadata["name"])
+        self.base_url = f"{serve_url.rstrip('/')}{self.mt.spec.ray.route_prefix.rstrip('/')}/v1"
+        self.model = self.mt.metadata["name"]
+
+    def deploy(self, timeout: float = 900.0, progress: Any = None) -> None:
+        self.serve.apply(render.serve_application(self.mt))
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            app = (self.serve.status().get("applications") or {}).get(self.name) or {}
+            state = app.get("status", "")
+            if state == "RUNNING":
+                return
+            if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                message = " ".join(str(app.get("message", "")).split())[:500]
+                raise ComponentError("serve application", f"{self.name} is {state}: {message}")
+            if progress and state != last:
+                progress(f"==> {self.name}: {state or 'submitted'}")
+            last = state
+            time.sleep(2)
+        raise ComponentError("serve application", f"{self.name} not RUNNING after {timeout:.0f}s")
+
+    def route(self, timeout: float = 60.0, **routing: Any) -> None:
+        """Merges `routing` into spec.routing and re-applies; only the router config moves."""
+        spec_routing = self.doc["spec"].setdefault("routing", {})
+        for key, value in routing.items():
+            if isinstance(value, dict) and isinstance(spec_routing.get(key), dict):
+                spec_routing[key] = {**spec_routing[key], **value}
+            else:
+                spec_routing[key] = value
+        self.mt = ModelTier.model_validate(self.doc)
+        app = render.serve_application(self.mt)
+        self.serve.apply(app)
+        want = config_hash(app["deployments"][0]["user_config"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                cfg = httpx.get(f"{self.base_url[:-3]}/tierserve/config", timeout=5).json()
+                if cfg["configHash"] == want:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise ComponentError("router", f"did not pick up config {want} in {timeout:.0f}s")
+
+    def remove(self) -> None:
+        self.serve.remove(self.name)
+
+
+def complete(app: TieredApp, prompt: str, model: str | None = None, **extra: Any) -> httpx.Response:
+    """One greedy /v1/completions call through the app's router (4 tokens unless overridden)."""
+    body = {"model": model or app.model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+    return httpx.post(f"{app.base_url}/completions", json={**body, **extra}, timeout=120)
+
+
+def serve_on_loopback(dashboard_url: str, port: int) -> None:
+    """Starts Serve's HTTP proxy on 127.0.0.1:`port` unless Serve already runs.
+
+    The proxy belongs to the cluster, not to an app, and its address is fixed once Serve has
+    started, so this only acts on a fresh cluster (and never touches running applications).
+    """
+    apps_url = f"{dashboard_url}/api/serve/applications/"
+    current = httpx.get(apps_url, timeout=30).json()
+    if current.get("applications") or (current.get("http_options") or {}).get("port") == port:
+        return
+    r = httpx.put(
+        apps_url,
+        json={"http_options": {"host": "127.0.0.1", "port": port}, "applications": []},
+        timeout=120,
+    )
+    if r.status_code != 200:
+        raise ComponentError("serve", f"could not start the HTTP proxy: {r.status_code} {r.text}")

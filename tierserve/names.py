@@ -1,0 +1,25 @@
+"""Names the operator and the serving layer must agree on, in one small dependency-free module.
+
+The controller renders and reads back Serve deployments and applications by these names, and the
+serving image builds them: both import this module, so neither imports the other's layer.
+"""
+
+from __future__ import annotations
+
+# The Serve application builder the rendered config names (`import_path`).
+APP_IMPORT_PATH = "tierserve.serving.app:build_app"
+# The ingress deployment: OpenAI-compatible HTTP in front of the tiers ("the router" in the docs).
+INGRESS_DEPLOYMENT = "Ingress"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tierserve"}
+SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
+
+
+def tier_deployment_name(tier: str) -> str:
+    """Serve deployment name of a tier's vLLM replicas (status reads it back by this name)."""
+    return f"tier-{tier}"
+
+
+def app_name(namespace: str, name: str) -> str:
+    """Serve application name; namespaced so ModelTiers can share one external Ray cluster."""
+    return f"{namespace}-{name}"

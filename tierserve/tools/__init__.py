@@ -1,0 +1,1 @@
+"""Offline tools users run on their own data: calibrate, simulate, quality metrics."""
