@@ -36,7 +36,8 @@ lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/tierserve crds --check $(CRD_DIRS:%=--out %) --docs docs/reference/modeltier.md
 
-# The ModelTier CRD, generated from tierserve/api: crds/ and the Helm chart's copy.
+# Generated from tierserve/api: the ModelTier CRD in crds/ and the Helm chart's copy, the chart's
+# values.schema.json (written beside the chart's crds/), and the ModelTier reference.
 CRD_DIRS := crds charts/tierserve/crds
 crds: venv
 	$(BIN)/tierserve crds $(CRD_DIRS:%=--out %) --docs docs/reference/modeltier.md

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -26,6 +27,7 @@ from kubernetes import client, config
 
 from tierserve.api.crd import CRD_FILE
 from tierserve.dev import controlplane
+from tierserve.dev.controlplane.components import rss_mib
 from tierserve.dev.operator_run import start_operator
 from tierserve.dev.proc import logs_dir, wait_until
 
@@ -36,13 +38,6 @@ NS = "bench"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -109,11 +104,15 @@ def main() -> None:
             custom.create_namespaced_custom_object(
                 "tierserve.io", "v1alpha1", NS, "modeltiers", body(name)
             )
-            deadline = t0 + 30
-            while not rayservice_exists(name):
-                if time.perf_counter() > deadline:
-                    raise SystemExit(f"RayService {name} did not appear in 30s; see {log}")
-                time.sleep(0.005)
+            wait_until(
+                functools.partial(rayservice_exists, name),
+                timeout=30,
+                component="operator",
+                what=f"creating RayService {name}",
+                log=log,
+                interval=0.005,
+                retry=(),
+            )
             latencies.append(time.perf_counter() - t0)
 
         # 2. Convergence of N created at once.
@@ -139,14 +138,18 @@ def main() -> None:
                 and (m.get("status") or {}).get("observedGeneration") == m["metadata"]["generation"]
             )
 
-        deadline = t0 + 600
-        while converged() < args.count:
-            if time.perf_counter() > deadline:
-                raise SystemExit(f"not converged in 600s; see {log}")
-            time.sleep(0.2)
+        wait_until(
+            lambda: converged() >= args.count,
+            timeout=600,
+            component="operator",
+            what=f"converged on {args.count} ModelTiers created at once",
+            log=log,
+            interval=0.2,
+            retry=(),
+        )
         converge = time.perf_counter() - t0
-        time.sleep(2)
-        memory = rss_mib(operator.popen.pid)
+        time.sleep(2)  # settle before reading memory
+        memory = rss_mib(operator.popen.pid) or float("nan")
 
         results = {
             "apply_to_rayservice_seconds": {

@@ -2,7 +2,7 @@
 
 What it compares, at client concurrency 1, 8 and 32:
 - **router**: a one-tier ModelTier (mode `none`) deployed exactly as the operator deploys it:
-  Serve's proxy -> the tierserve Router -> the tier's `ray.serve.llm` LLMServer (vLLM);
+  Serve's proxy -> the tierserve TierIngress -> the tier's `ray.serve.llm` LLMServer (vLLM);
 - **direct**: the same LLMServer configuration (the very `llm_config` the renderer produced)
   behind Ray Serve LLM's own OpenAI ingress (`ray.serve.llm:build_openai_app`) — what a user of
   plain KubeRay + Ray Serve LLM would call instead of tierserve.
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         head.stop()
     out = {
-        "what": "router (proxy -> Router -> LLMServer) vs direct (proxy -> ray.serve.llm "
+        "what": "router (proxy -> TierIngress -> LLMServer) vs direct (proxy -> ray.serve.llm "
         "OpenAI ingress -> LLMServer); one tiny model on vLLM CPU; max_tokens 4",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "targets": {"added_p50_ms": 2.0, "added_p99_ms": 10.0, "throughput_ratio": 0.9},

@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from tierserve.autoscale.policy import Decision, PolicyMemory, PolicyParams, Signals, decide
+from tierserve.autoscale.policy import (
+    Decision,
+    PolicyMemory,
+    PolicyParams,
+    Signals,
+    decide,
+    parse_duration,
+)
 from tierserve.tools import simulate as sim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,16 +117,12 @@ def limits(seeds: list[int], intervals: list[str], minutes: int) -> dict[str, An
             "static_rate_other_thirds": round(float(static[~hard].mean()), 4),
         }
     for interval in intervals:
-        params = PolicyParams(interval_seconds=sim.parse_duration(interval))
+        params = PolicyParams(interval_seconds=parse_duration(interval))
         for seed in seeds:
             trace, setup = sim.scenario("overload", params, seed=seed, minutes=minutes)
             row: dict[str, Any] = {}
             for name, policy in (("policy", decide), ("fastest_backoff", _fastest)):
-                sim.decide = policy  # the simulator's reference, swapped for this run only
-                try:
-                    run = sim.simulate(trace, setup)
-                finally:
-                    sim.decide = decide
+                run = sim.simulate(trace, setup, policy=policy)
                 over = np.flatnonzero(run.queue > params.queue_target)
                 row[name] = {
                     "queue_target_met": round(1 - len(over) / len(run.queue), 4),
@@ -149,7 +152,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     started = time.monotonic()
     for interval in args.intervals:
-        params = PolicyParams(interval_seconds=sim.parse_duration(interval))
+        params = PolicyParams(interval_seconds=parse_duration(interval))
         for seed in args.seeds:
             suffix = "" if interval == "30s" else f"-{interval}"
             if seed == 0:

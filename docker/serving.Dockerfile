@@ -3,10 +3,11 @@
 # application (tierserve.serving.app:build_app) and the CUDA build of vLLM, for GPU nodes.
 # Build from the repository root:
 #   docker build -f docker/serving.Dockerfile -t ghcr.io/tierserve/serving:0.1.0 .
-# The Ray version must be the one pyproject.toml pins (ray[serve]==2.60.0) and the ModelTier's
-# spec.ray.rayVersion (default 2.60.0); tests/unit/test_images.py checks both.
+# RAY_VERSION is tierserve.names.RAY_VERSION: the ray[serve] pin in pyproject.toml and the
+# default of a ModelTier's spec.ray.rayVersion; tests/unit/test_images.py checks they agree.
 
-FROM rayproject/ray:2.60.0-py311-gpu
+ARG RAY_VERSION=2.60.0
+FROM rayproject/ray:${RAY_VERSION}-py311-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --chown=1000:100 pyproject.toml README.md /home/ray/tierserve/
 COPY --chown=1000:100 tierserve /home/ray/tierserve/tierserve

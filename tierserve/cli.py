@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "up": ("tierserve.dev.local", "serve two generated tiny models locally on Ray (no Kubernetes)"),
     "controlplane": (
-        "tierserve.dev.controlplane",
+        "tierserve.dev.controlplane.cli",
         "build/start/stop the local Kubernetes control plane (up | down | status | build)",
     ),
     "calibrate": (
@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plan": ("tierserve.cost", "cost per request of a routing share vs an all-top-tier fleet"),
     "simulate": (
-        "tierserve.tools.simulate",
+        "tierserve.tools.simulate.cli",
         "replay a request trace through the tiers with the adaptive threshold policy",
     ),
     "render": (

@@ -13,6 +13,10 @@ INGRESS_DEPLOYMENT = "Ingress"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tierserve"}
 SERVE_PORT = 8000
 DASHBOARD_PORT = 8265
+# The Ray the serving image is built on (docker/serving.Dockerfile's RAY_VERSION) and the
+# RayCluster a ModelTier asks KubeRay for by default (spec.ray.rayVersion); it must equal the
+# `ray[serve]` pin in pyproject.toml. tests/unit/test_images.py checks all of them.
+RAY_VERSION = "2.60.0"
 
 
 def tier_deployment_name(tier: str) -> str:

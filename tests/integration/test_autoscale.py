@@ -121,8 +121,12 @@ def test_unreachable_prometheus_holds_the_threshold_and_says_why(
     assert live["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
 
     # A steady outage is one status write, not one per interval: over several 2s intervals
-    # (and a 5s resync of the reconcile) the object is not written again.
+    # (and a 5s resync of the reconcile) the object is not written again, and neither is the
+    # RayService, though every pass applies it (server-side apply of the same object).
     version = live["metadata"]["resourceVersion"]
+    rs_version = get(kubectl, "rayservice", "support-assistant", namespace)["metadata"][
+        "resourceVersion"
+    ]
     deadline = time.monotonic() + 12
     while time.monotonic() < deadline:
         time.sleep(1)
@@ -131,6 +135,8 @@ def test_unreachable_prometheus_holds_the_threshold_and_says_why(
             live["status"]["escalation"],
             now["status"]["escalation"],
         )
+        rs = get(kubectl, "rayservice", "support-assistant", namespace)
+        assert rs["metadata"]["resourceVersion"] == rs_version
 
 
 def test_signals_from_prometheus_move_the_threshold_within_bounds(
@@ -179,6 +185,61 @@ def test_signals_from_prometheus_move_the_threshold_within_bounds(
         assert all(0 < float(s[3]) - float(s[1]) <= 0.05 + 1e-9 for s in steps)  # maxStep
         table = kubectl("get", "mt", "-n", namespace).stdout.splitlines()[1].split()
         assert float(table[3]) >= 0.7
+    finally:
+        exporter.stop()
+
+
+def test_a_spec_change_while_the_threshold_moves_keeps_the_autoscaled_threshold(
+    kubectl: Run, namespace: str, operator_in: None, prometheus: Prometheus
+) -> None:
+    """The spec change and the autoscaler's moves go through one reconcile: the new spec
+    reaches the RayService with the autoscaled threshold, which never falls back to the spec's,
+    and status and RayService agree once it has converged."""
+    name = "spec-change"
+    exporter = RouterExporter(prometheus, name)
+    try:
+        kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=yaml.safe_dump(manifest(prometheus.url, name)),
+        )
+
+        def threshold() -> float:
+            exporter.traffic()
+            esc = (get(kubectl, "mt", name, namespace).get("status") or {}).get("escalation")
+            return float((esc or {}).get("threshold") or 0)
+
+        eventually(lambda: threshold() >= 0.65, "the threshold to rise", timeout=120)
+        patch = [{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 6}]
+        kubectl("patch", "mt", name, "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        generation = get(kubectl, "mt", name, namespace)["metadata"]["generation"]
+
+        seen: list[float] = []
+
+        def converged() -> dict[str, Any] | None:
+            exporter.traffic()
+            mt = get(kubectl, "mt", name, namespace)
+            status = mt.get("status") or {}
+            seen.append(float(status["escalation"]["threshold"]))
+            rs = get(kubectl, "rayservice", name, namespace)
+            serve = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+            small = serve["args"]["tiers"][0]["llmConfig"]["deployment_config"]
+            router = serve["deployments"][0]["user_config"]
+            done = (
+                status.get("observedGeneration") == generation
+                and small["autoscaling_config"]["max_replicas"] == 6
+                and router["threshold"] == status["escalation"]["threshold"]
+            )
+            return status if done else None
+
+        status = eventually(converged, "the new spec with the autoscaled threshold", timeout=60)
+        assert status["escalation"]["threshold"] >= 0.65
+        assert min(seen) >= 0.65, seen  # never back to the spec's 0.6
+        mt = get(kubectl, "mt", name, namespace)
+        assert mt["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
     finally:
         exporter.stop()
 

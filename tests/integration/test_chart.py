@@ -40,6 +40,7 @@ import httpx
 import pytest
 import yaml
 
+from tests import waiting
 from tierserve.dev.controlplane import ControlPlaneInfo, module_version
 from tierserve.dev.proc import Process, free_port, logs_dir, start, wait_until
 
@@ -63,14 +64,9 @@ KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            value = check()
-            if value:
-                return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    """tests.waiting.eventually, with errors in `check` counted as "not yet" (reads racing a
+    helm install or an operator start)."""
+    return waiting.eventually(check, what, timeout, retry=(Exception,))
 
 
 def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.waiting import eventually
 from tierserve.dev import controlplane
 from tierserve.dev.controlplane import ControlPlaneInfo, Ports
 from tierserve.dev.proc import ComponentError
@@ -19,14 +20,6 @@ from tierserve.dev.proc import ComponentError
 pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[2] / "e2e" / "samples"
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not {what} after {timeout:.0f}s", pytrace=False)
-        time.sleep(0.5)
 
 
 def gone(read: Callable[[], object]) -> bool:
@@ -92,8 +85,9 @@ def test_owned_object_is_garbage_collected(kube_api: Any, namespace: str) -> Non
     core.delete_namespaced_config_map("owner", namespace)
     eventually(
         lambda: gone(lambda: core.read_namespaced_config_map("owned", namespace)),
-        60,
-        "garbage-collected (ConfigMap 'owned' outlived its owner)",
+        "ConfigMap 'owned' to be garbage-collected after its owner was deleted",
+        timeout=60,
+        interval=0.5,
     )
 
 
@@ -105,7 +99,12 @@ def test_namespace_deletion_completes(kube_api: Any) -> None:
         name, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="content"))
     )
     core.delete_namespace(name)
-    eventually(lambda: gone(lambda: core.read_namespace(name)), 90, f"deleted (namespace {name})")
+    eventually(
+        lambda: gone(lambda: core.read_namespace(name)),
+        f"namespace {name} to be deleted",
+        timeout=90,
+        interval=0.5,
+    )
 
 
 def test_helm_install_and_uninstall(helm: Any, kube_api: Any, namespace: str) -> None:
@@ -179,14 +178,20 @@ def test_kuberay_operator_creates_raycluster_for_rayservice(
                 for ref in item["metadata"].get("ownerReferences", [])
             )
 
-        eventually(raycluster_owned_by_rayservice, 120, "reconciled (no RayCluster created)")
+        eventually(
+            raycluster_owned_by_rayservice,
+            "the KubeRay operator to create a RayCluster owned by the RayService",
+            timeout=120,
+            interval=0.5,
+        )
         core = client.CoreV1Api(kube_api)
         eventually(
-            lambda: bool(
+            lambda: (
                 core.list_namespaced_pod(namespace, label_selector="ray.io/node-type=head").items
             ),
-            60,
-            "reconciled (no Ray head Pod object created; it would stay Pending: no kubelet)",
+            "the KubeRay operator to create the Ray head Pod object (it stays Pending: no kubelet)",
+            timeout=60,
+            interval=0.5,
         )
         assert operator.alive(), f"KubeRay operator exited; see {operator.log}"
     finally:

@@ -15,6 +15,7 @@ import yaml
 
 from tests.fixtures.operator import condition, mt_status, start_operator
 from tests.waiting import eventually
+from tierserve.controller.serve_client import ServeClient
 from tierserve.dev.controlplane import ControlPlaneInfo
 from tierserve.dev.proc import free_port
 from tierserve.dev.ray_local import RayHead
@@ -43,7 +44,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
     serve_on_loopback(ray_head.dashboard_url, ray_head.serve_http_port)
     operator = start_operator(control_plane, namespace, resync=2.0)
     app_name = f"{namespace}-tiny-sums"
-    apps_url = f"{ray_head.dashboard_url}/api/serve/applications/"
+    serve = ServeClient(ray_head.dashboard_url)
     try:
         paths = {"small": str(tiny_models.small), "large": str(tiny_models.large)}
         doc = modeltier("tiny-sums", ray_head.dashboard_url, paths, "/tiny-sums")
@@ -100,9 +101,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
 
         kubectl("delete", "mt", "tiny-sums", "-n", namespace, "--timeout=120s")
         eventually(
-            lambda: (
-                app_name not in (httpx.get(apps_url, timeout=10).json().get("applications") or {})
-            ),
+            lambda: app_name not in serve.details().applications,
             "the Serve application to be removed",
             timeout=120,
         )

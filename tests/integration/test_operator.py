@@ -124,6 +124,14 @@ def test_hand_edits_of_the_rayservice_are_reverted(
         ),
         "the hand edit to be reverted",
     )
+    # Server-side apply: the operator's field manager owns what it renders.
+    out = kubectl(
+        "get", "rayservice", "support-assistant", "-n", namespace, "-o", "json",
+        "--show-managed-fields",
+    )  # fmt: skip
+    fields = json.loads(out.stdout)["metadata"]["managedFields"]
+    managers = {(f["manager"], f["operation"]) for f in fields}
+    assert ("tierserve", "Apply") in managers, managers
 
 
 def test_deleting_the_modeltier_removes_what_it_created(

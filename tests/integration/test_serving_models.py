@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tierserve.controller.serve_client import ServeClient
 from tierserve.dev.local_models import APP_NAME
 from tierserve.dev.ray_local import RayHead
 from tierserve.dev.tinymodels import TinyModels, read_heldout
@@ -118,14 +119,12 @@ def test_large_is_clearly_better_on_heldout_sums(
 
 
 def test_dashboard_serve_api_lists_the_application(served_models: str, ray_head: RayHead) -> None:
-    r = httpx.get(f"{ray_head.dashboard_url}/api/serve/applications/", timeout=30.0)
-    assert r.status_code == 200
-    apps = r.json()["applications"]
+    apps = ServeClient(ray_head.dashboard_url, timeout=30.0).details().applications
     assert APP_NAME in apps, apps.keys()
     app = apps[APP_NAME]
-    assert app["status"] == "RUNNING"
-    assert app["route_prefix"] == "/"
-    deployments = app["deployments"]
-    print(f"{APP_NAME}: " + ", ".join(f"{n} {d['status']}" for n, d in deployments.items()))
-    assert all(d["status"] == "HEALTHY" for d in deployments.values())
+    assert app.status == "RUNNING"
+    assert app.route_prefix == "/"
+    deployments = app.deployments
+    print(f"{APP_NAME}: " + ", ".join(f"{n} {d.status}" for n, d in deployments.items()))
+    assert all(d.status == "HEALTHY" for d in deployments.values())
     assert len(deployments) >= 3  # the OpenAI ingress and one LLM server per model

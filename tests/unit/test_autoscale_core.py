@@ -1,4 +1,5 @@
-"""The autoscaler's pure parts: PromQL, reading answers safely, and the status it writes."""
+"""The autoscaler's parts around the policy: PromQL, reading answers safely, the cost factor,
+and its metrics (which go when their ModelTier goes)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from tierserve.api.v1alpha1 import ModelTier
-from tierserve.autoscale.policy import Decision, PolicyMemory
 from tierserve.autoscale.signals import parse_value, queries
-from tierserve.controller.autoscale import modelled_cost_factor, status_patch
+from tierserve.controller import metrics
+from tierserve.controller.status import modelled_cost_factor
 
 pytestmark = pytest.mark.unit
 
@@ -61,33 +63,52 @@ def test_parse_value_never_turns_garbage_into_a_number(
     assert parse_value(body, now=1010.0) == expected
 
 
-def decision(threshold: float) -> Decision:
-    return Decision(threshold, threshold, "because", "Budget", PolicyMemory())
-
-
-def test_status_patch_records_threshold_signals_reason_and_availability() -> None:
-    signals = {"escalationRate": 0.2}
-    patch = status_patch(mt(), {}, decision(0.55), signals, True, "", 4, "t1")
-    assert patch["escalation"] == {
-        "threshold": 0.55,
-        "desiredThreshold": 0.55,
-        "reason": "because",
-        "lastChangeTime": "t1",
-        "signals": signals,
-    }
-    (cond,) = patch["conditions"]
-    assert (cond["type"], cond["status"]) == ("MetricsAvailable", "True")
-    assert patch["modelledCostFactor"] == pytest.approx(13.5 / (1.1 + 0.2 * 13.5), rel=1e-3)
-
-    held = status_patch(mt(), patch, decision(0.55), {}, False, "Prometheus unreachable", 4, "t2")
-    assert held["escalation"]["lastChangeTime"] == "t1"  # unchanged threshold keeps its time
-    cond = held["conditions"][0]
-    assert (cond["status"], cond["reason"]) == ("False", "SignalsUnavailable")
-    assert cond["message"] == "Prometheus unreachable"
-    assert "modelledCostFactor" not in held
-
-
 def test_modelled_cost_factor_uses_the_cost_model() -> None:
     assert modelled_cost_factor(mt(), 0.0) == pytest.approx(13.5 / 1.1, rel=1e-3)
     assert modelled_cost_factor(mt(), None) is None
     assert not math.isnan(modelled_cost_factor(mt(), 1.0) or math.nan)
+
+
+def series(name: str, namespace: str = "llm", modeltier: str = "a") -> list[float]:
+    """The values of `name` for one ModelTier, as /metrics would show them."""
+    return [
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == name
+        and sample.labels.get("namespace") == namespace
+        and sample.labels.get("modeltier") == modeltier
+    ]
+
+
+def test_a_modeltiers_metrics_are_removed_when_it_goes() -> None:
+    def decided(name: str, signals: dict[str, float]) -> None:
+        metrics.observe_policy(
+            "llm",
+            name,
+            threshold=0.65,
+            desired=0.7,
+            signals=signals,
+            available=True,
+            cost_factor=3.2,
+        )
+
+    decided("a", {"escalationRate": 0.3, "requestRate": 10.0})
+    decided("b", {"escalationRate": 0.1})
+    assert series("tierserve_operator_threshold") == [0.65]
+    assert sorted(series("tierserve_operator_signal")) == [0.3, 10.0]
+    decided("a", {"escalationRate": 0.3})  # a signal gone missing has no series
+    assert series("tierserve_operator_signal") == [0.3]
+
+    metrics.forget("llm", "a")
+    for name in (
+        "tierserve_operator_threshold",
+        "tierserve_operator_desired_threshold",
+        "tierserve_operator_signal",
+        "tierserve_operator_metrics_available",
+        "tierserve_operator_modelled_cost_factor",
+    ):
+        assert series(name) == [], name
+        assert series(name, modeltier="b"), name  # another ModelTier's series stay
+    metrics.forget("llm", "a")  # idempotent: deleting twice, or never autoscaled
+    metrics.forget("llm", "b")

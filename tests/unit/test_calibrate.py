@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tierserve.serving import scorers
-from tierserve.tools import calibrate
+from tierserve.tools import calibrate, labelled
 
 pytestmark = pytest.mark.unit
 
@@ -108,8 +108,8 @@ def test_written_scorer_loads_for_the_router_and_matches_training(
 
 @needs_routellm
 def test_routellm_data_is_decontaminated_as_routellm_does() -> None:
-    mmlu = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["mmlu"])
-    gsm8k = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["gsm8k"])
+    mmlu = labelled.load_routellm(labelled.DEFAULT_DATA, ["mmlu"])
+    gsm8k = labelled.load_routellm(labelled.DEFAULT_DATA, ["gsm8k"])
     assert (len(mmlu), len(gsm8k)) == (14_042 - 5, 1_319 - 12)
     weak = sum(e.weak for e in mmlu) / len(mmlu)
     strong = sum(e.strong for e in mmlu) / len(mmlu)
@@ -151,12 +151,12 @@ def test_generic_labelled_file_trains_a_scorer_that_finds_the_hard_prompts(
 
 
 def test_split_is_deterministic_and_ignores_row_order() -> None:
-    rows = [calibrate.Example(f"prompt {i}", i % 2 == 0, True, "x") for i in range(2000)]
-    _, test = calibrate.split(rows, 0.2, seed=7)
-    _, test2 = calibrate.split(rows[::-1], 0.2, seed=7)
+    rows = [labelled.Example(f"prompt {i}", i % 2 == 0, True, "x") for i in range(2000)]
+    _, test = labelled.split(rows, 0.2, seed=7)
+    _, test2 = labelled.split(rows[::-1], 0.2, seed=7)
     assert {e.prompt for e in test} == {e.prompt for e in test2}
     assert len(test) == pytest.approx(400, abs=60)
-    _, other = calibrate.split(rows, 0.2, seed=8)
+    _, other = labelled.split(rows, 0.2, seed=8)
     assert {e.prompt for e in other} != {e.prompt for e in test}
 
 

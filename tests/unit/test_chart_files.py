@@ -13,8 +13,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from tierserve.api import crd
+from tierserve.api import chart, crd
 
 pytestmark = pytest.mark.unit
 
@@ -44,9 +45,26 @@ def test_chart_crds_are_all_valid_crds() -> None:
     }
 
 
+def test_values_schema_is_what_generation_produces() -> None:
+    committed = (CHART / chart.SCHEMA_FILE).read_text()
+    fix = "tierserve crds --out crds --out charts/tierserve/crds"
+    assert committed == chart.render_json(), f"{chart.SCHEMA_FILE} is stale: run `{fix}`"
+
+
 def test_schema_is_valid_and_default_values_satisfy_it() -> None:
     jsonschema.Draft7Validator.check_schema(SCHEMA)
     jsonschema.validate(VALUES, SCHEMA)
+    chart.ChartValues.model_validate(VALUES)  # the typed model reads them as they are
+
+
+@pytest.mark.parametrize(
+    "bad", [{"replicas": -1}, {"replicaCount": 2}, {"image": {"repository": "r", "tag": 1}}]
+)
+def test_the_values_model_refuses_what_the_schema_refuses(bad: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**VALUES, **bad}, SCHEMA)
+    with pytest.raises(ValidationError):
+        chart.ChartValues.model_validate({**VALUES, **bad})
 
 
 def test_schema_covers_every_default_value() -> None:
@@ -78,6 +96,12 @@ def test_schema_covers_every_default_value() -> None:
         ({"prometheusRule": {"topTierSaturated": {"for": "ten minutes"}}}, "for"),
         ({"prometheusRule": {"shadowAgreementDropping": {"minAgreement": 1.5}}}, "minAgreement"),
         ({"replica": 2}, "replica"),
+        ({"replicas": 2}, "peering"),  # cross-field rules name the value that has to change
+        ({"rbac": {"namespaced": True}}, "watchNamespaces"),
+        (
+            {"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
+            "metrics",
+        ),
     ],
 )
 def test_schema_refuses_bad_values(override: dict[str, Any], where: str) -> None:

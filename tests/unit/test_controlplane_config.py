@@ -17,7 +17,7 @@ def test_versions_come_from_the_pinned_go_modules() -> None:
     assert controlplane.kube_build().version().startswith("v1.")
     assert controlplane.helm_build().version().startswith("v3.")
     assert controlplane.kuberay_version() == "v1.6.1"
-    assert f"gitVersion={controlplane.kube_build().version()}" in controlplane._kube_ldflags()
+    assert f"gitVersion={controlplane.kube_build().version()}" in controlplane.build._kube_ldflags()
 
 
 def test_cache_dir_changes_when_the_pins_change(

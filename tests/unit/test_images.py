@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tierserve.api.crd import CRD_FILE
 from tierserve.api.v1alpha1 import RayConfig
 from tierserve.cli import COMMANDS
+from tierserve.names import RAY_VERSION
 
 pytestmark = pytest.mark.unit
 
@@ -46,8 +48,8 @@ class Stage:
         return found[-1] if found else None
 
 
-def parse(path: Path) -> list[Stage]:
-    """Dockerfile stages: FROM and each instruction (continuation lines joined, comments out)."""
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of each instruction (continuation lines joined, comments out)."""
     lines: list[str] = []
     pending = ""
     for raw in path.read_text().splitlines():
@@ -59,15 +61,37 @@ def parse(path: Path) -> list[Stage]:
             continue
         lines.append(pending + line)
         pending = ""
-    stages: list[Stage] = []
+    found = []
     for line in lines:
         keyword, _, args = line.partition(" ")
-        keyword = keyword.upper()
+        found.append((keyword.upper(), args.strip()))
+    return found
+
+
+def build_args(path: Path) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (what FROM lines may use)."""
+    found: dict[str, str] = {}
+    for keyword, args in instructions(path):
         if keyword == "FROM":
-            stages.append(Stage(base=args.split()[0]))
+            break
+        if keyword == "ARG":
+            name, _, default = args.partition("=")
+            found[name] = default
+    return found
+
+
+def parse(path: Path) -> list[Stage]:
+    """Dockerfile stages: FROM (build ARGs at their defaults) and each instruction."""
+    defaults = build_args(path)
+    stages: list[Stage] = []
+    for keyword, args in instructions(path):
+        if keyword == "FROM":
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], args.split()[0])
+            stages.append(Stage(base=base))
+        elif stages:
+            stages[-1].instructions.append((keyword, args))
         else:
-            assert stages, f"{path.name}: {keyword} before FROM"
-            stages[-1].instructions.append((keyword, args.strip()))
+            assert keyword == "ARG", f"{path.name}: {keyword} before FROM"
     return stages
 
 
@@ -177,20 +201,32 @@ def test_serving_image_is_ray_at_the_pinned_version_with_tierserve_gpu(
     final = serving_image[-1]
     repo, _, tag = final.base.partition(":")
     assert repo == "rayproject/ray"
-    serving_deps = PYPROJECT["project"]["optional-dependencies"]["serving"]
-    ray_pin = next(d for d in serving_deps if d.startswith("ray["))
-    ray_version = ray_pin.split("==")[1]
-    assert tag.startswith(f"{ray_version}-"), f"{final.base} is not Ray {ray_version}"
+    assert tag.startswith(f"{RAY_VERSION}-"), f"{final.base} is not Ray {RAY_VERSION}"
     assert tag.endswith("-gpu") or "-cu" in tag, "the serving image is for GPU nodes"
     python = re.search(r"-py(\d)(\d+)", tag)
     assert python and (int(python[1]), int(python[2])) >= (3, 11)
-    # ModelTiers default to this Ray version, so KubeRay starts the cluster it was built for.
-    assert RayConfig().ray_version == ray_version
     runs = " ".join(final.all("RUN"))
     installs = [shlex.split(a)[-1] for a in re.findall(r"pip install\s+(\"[^\"]+\"|\S+)", runs)]
     assert any(target.endswith("[gpu]") for target in installs), installs
     uid, _ = numeric_user(final.last("USER"))
     assert uid == 1000  # the base image's `ray` user, which owns /home/ray
+
+
+def test_the_ray_version_is_one_constant_everywhere() -> None:
+    """tierserve.names.RAY_VERSION is the Ray that is installed, built on and asked for: the
+    `ray[serve]` pin, the serving image's base, and the default spec.ray.rayVersion in the
+    generated CRD and its copy in the chart (so KubeRay starts the cluster the image was built
+    for)."""
+    serving_deps = PYPROJECT["project"]["optional-dependencies"]["serving"]
+    pins = [d for d in serving_deps if d.startswith("ray[")]
+    assert pins == [f"ray[serve]=={RAY_VERSION}"], "pyproject.toml's Ray pin"
+    assert build_args(DOCKER / "serving.Dockerfile") == {"RAY_VERSION": RAY_VERSION}
+    assert RayConfig().ray_version == RAY_VERSION
+    for crd_file in (ROOT / "crds" / CRD_FILE, CHART / "crds" / CRD_FILE):
+        crd = yaml.safe_load(crd_file.read_text())
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ray_version = spec["properties"]["ray"]["properties"]["rayVersion"]
+        assert ray_version["default"] == RAY_VERSION, crd_file
 
 
 def test_image_references_agree_with_the_chart_and_examples(

@@ -1,16 +1,22 @@
-"""The operator's pure core: status conditions and drift detection."""
+"""The operator's pure core: conditions, the status patch, and the kuberay backend's use of the
+Kubernetes API (server-side apply, reading Serve's status and the live threshold back)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
-from tierserve.api.v1alpha1 import ModelTier
-from tierserve.controller.drift import covers
-from tierserve.controller.status import Observation, compute_status, status_changed
+from tierserve.api.v1alpha1 import ConditionReason, ConditionType, ModelTier, ModelTierStatus
+from tierserve.build import render
+from tierserve.controller import status as st
+from tierserve.controller.backend import Action, AppState, BackendError, DeploymentState
+from tierserve.controller.kuberay import APPLY, FIELD_MANAGER, KubeRay, observe
 
 pytestmark = pytest.mark.unit
 
@@ -18,102 +24,195 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-assistant.
 
 
 def mt() -> ModelTier:
-    return ModelTier.model_validate(yaml.safe_load(EXAMPLE.read_text()))
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"].update(namespace="llm", uid="u1")
+    return ModelTier.model_validate(doc)
 
 
-def status(
-    seen: Observation, previous: dict[str, Any] | None = None, now: str = "t1"
-) -> dict[str, Any]:
-    return compute_status(
-        mt(), 3, seen, previous=previous, now=now, threshold=0.6, application="support-assistant"
-    )
+def conditions(app: AppState | None, error: BackendError | None = None) -> dict[str, Any]:
+    tiers = st.tier_statuses(mt(), app)
+    return {t: (ok, r, m) for t, ok, r, m in st.serving_conditions(app, error, tiers, "a")}
 
 
-def conds(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
-
-
-def healthy_app(state: str = "RUNNING") -> dict[str, Any]:
-    deps = {name: {"status": "HEALTHY"} for name in ("tier-small", "tier-frontier", "Ingress")}
-    return {"status": state, "deployments": deps}
+def healthy(state: str = "RUNNING") -> AppState:
+    names = ("tier-small", "tier-frontier", "Ingress")
+    return AppState(status=state, deployments={n: DeploymentState("HEALTHY") for n in names})
 
 
 def test_not_yet_deployed_is_progressing() -> None:
-    st = status(Observation(app=None))
-    assert conds(st) == {
-        "Ready": ("False", "Deploying"),
-        "Progressing": ("True", "Deploying"),
-        "Degraded": ("False", "AsExpected"),
-    }
-    assert st["ready"] == "0/2" and st["observedGeneration"] == 3
-    assert st["tierNames"] == "small,frontier"
+    got = conditions(None)
+    assert got[ConditionType.READY] == (False, "Deploying", "0/2 tiers ready")
+    assert got[ConditionType.PROGRESSING] == (
+        True,
+        "Deploying",
+        "Serve application a is not yet reported",
+    )
+    assert got[ConditionType.DEGRADED] == (False, "AsExpected", "no errors")
 
 
-def test_running_with_every_tier_healthy_is_ready() -> None:
-    st = status(Observation(app=healthy_app()))
-    assert conds(st)["Ready"] == ("True", "Serving")
-    assert conds(st)["Progressing"][0] == "False"
-    assert st["ready"] == "2/2"
-    assert st["escalation"]["threshold"] == 0.6
+def test_running_with_every_tier_and_the_router_healthy_is_ready() -> None:
+    assert conditions(healthy())[ConditionType.READY] == (True, "Serving", "2/2 tiers ready")
+    no_router = healthy()
+    del no_router.deployments["Ingress"]
+    assert conditions(no_router)[ConditionType.READY][0] is False
 
 
-def test_one_unhealthy_tier_is_not_ready() -> None:
-    app = healthy_app()
-    app["deployments"]["tier-frontier"] = {"status": "UPDATING", "message": "loading weights"}
-    st = status(Observation(app=app))
-    assert conds(st)["Ready"][0] == "False"
-    assert st["tiers"][1] == {
+def test_one_unhealthy_tier_is_not_ready_and_says_why() -> None:
+    app = healthy()
+    app.deployments["tier-frontier"] = DeploymentState("UPDATING", "loading weights")
+    assert conditions(app)[ConditionType.READY][0] is False
+    tiers = st.tier_statuses(mt(), app)
+    assert tiers[1].model_dump() == {
         "name": "frontier",
         "ready": False,
         "replicas": 0,
         "message": "loading weights",
     }
+    assert st.tier_statuses(mt(), None)[0].message == "not deployed"
 
 
-def test_backend_errors_are_degraded_with_reason_and_message() -> None:
-    seen = Observation(error_reason="DashboardUnreachable", error_message="no route to 10.0.0.1")
-    st = status(seen)
-    assert conds(st)["Degraded"] == ("True", "DashboardUnreachable")
-    degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
-    assert degraded["message"] == "no route to 10.0.0.1"
-    assert conds(st)["Ready"] == ("False", "DashboardUnreachable")
+def test_errors_block_with_their_reason() -> None:
+    error = BackendError(ConditionReason.RAY_SERVICE_REJECTED, "admission webhook said no")
+    got = conditions(healthy(), error)
+    assert got[ConditionType.DEGRADED] == (True, "RayServiceRejected", "admission webhook said no")
+    assert got[ConditionType.READY] == (False, "RayServiceRejected", "admission webhook said no")
+    assert got[ConditionType.PROGRESSING][1] == "Blocked"
 
 
-def test_failed_application_is_degraded() -> None:
-    app = {"status": "DEPLOY_FAILED", "message": "ImportError:\n  no module", "deployments": {}}
-    st = status(Observation(app=app))
-    assert conds(st)["Degraded"] == ("True", "ApplicationFailed")
-    assert "\n" not in next(c for c in st["conditions"] if c["type"] == "Degraded")["message"]
+def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
+    previous = ModelTierStatus()
+    first = st.condition(
+        ConditionType.READY, False, ConditionReason.DEPLOYING, "0/2", generation=1,
+        previous=previous, now="t1",
+    )  # fmt: skip
+    previous = ModelTierStatus(conditions=[first])
+    same = st.condition(
+        ConditionType.READY, False, ConditionReason.DEPLOYING, "1/2", generation=2,
+        previous=previous, now="t2",
+    )  # fmt: skip
+    flipped = st.condition(
+        ConditionType.READY, True, ConditionReason.SERVING, "2/2", generation=2,
+        previous=previous, now="t3",
+    )  # fmt: skip
+    assert (same.last_transition_time, flipped.last_transition_time) == ("t1", "t3")
 
 
-def test_a_repeated_reconcile_changes_nothing() -> None:
-    first = status(Observation(app=healthy_app()), now="t1")
-    again = status(Observation(app=healthy_app()), previous=first, now="t2")
-    assert not status_changed(first, again)
-    assert all(c["lastTransitionTime"] == "t1" for c in again["conditions"])
-    broken = status(Observation(error_reason="X", error_message="y"), previous=first, now="t3")
-    assert status_changed(first, broken)
-    assert (
-        next(c for c in broken["conditions"] if c["type"] == "Degraded")["lastTransitionTime"]
-        == "t3"
-    )
+def test_merge_patch_is_empty_when_equal_and_nulls_what_went_away() -> None:
+    old = {"a": 1, "esc": {"threshold": 0.6, "signals": {"x": 1.0, "y": 2.0}}, "gone": "v"}
+    assert st.merge_patch(old, old) == {}
+    new = {"a": 1, "esc": {"threshold": 0.65, "signals": {"x": 1.0}}, "list": [1]}
+    assert st.merge_patch(old, new) == {
+        "gone": None,
+        "esc": {"threshold": 0.65, "signals": {"y": None}},
+        "list": [1],
+    }
 
 
-def test_covers_ignores_defaults_but_sees_edits() -> None:
-    desired = {"spec": {"a": 1, "list": [{"x": 1.0}]}}
-    live = {"spec": {"a": 1, "list": [{"x": 1, "default": True}], "filled": "by-server"}}
-    assert covers(desired, live)
-    live["spec"]["a"] = 2
-    assert not covers(desired, live)
-    assert not covers({"l": [1, 2]}, {"l": [1]})
+def test_a_status_from_another_operator_version_is_rebuilt_not_refused() -> None:
+    odd = {"conditions": [{"type": "Ready", "status": "True", "reason": "SomethingNew"}]}
+    assert st.parse(odd) == ModelTierStatus()
+    assert st.parse({"ready": "1/2", "unknownField": 3}).ready == "1/2"
 
 
-def test_two_writers_of_conditions_do_not_churn() -> None:
-    from tierserve.controller.status import condition, merge_conditions
+def test_the_api_servers_numbers_read_back_equal() -> None:
+    """Go writes 1.0 as 1: parsed through the models, it is the same status, not a change."""
+    written = {"escalation": {"threshold": 1.0}, "modelledCostFactor": 2.0}
+    read = json.loads(json.dumps(written).replace("1.0", "1").replace("2.0", "2"))
+    assert st.dump(st.parse(read)) == st.dump(st.parse(written))
 
-    first = status(Observation(app=healthy_app()), now="t1")
-    metrics = condition("MetricsAvailable", True, "SignalsRead", "ok", 3)
-    with_metrics = merge_conditions(first["conditions"], [metrics], "t2")
-    again = status(Observation(app=healthy_app()), previous={**first, "conditions": with_metrics})
-    assert again["conditions"] == with_metrics  # the reconcile keeps the autoscaler's condition
-    assert merge_conditions(with_metrics, [metrics], "t3") == with_metrics
+
+# --- the kuberay backend ----------------------------------------------------------------------
+
+
+class FakeCustomObjects:
+    """The two calls the kuberay backend makes, against one stored RayService."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, Any] | None = None
+        self.applies: list[dict[str, Any]] = []
+        self.fail: ApiException | None = None
+
+    def get_namespaced_custom_object(self, *args: str) -> dict[str, Any]:
+        if self.live is None:
+            raise ApiException(status=404, reason="Not Found")
+        return self.live
+
+    def patch_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, name: str, body: Any, **kw: Any
+    ) -> dict[str, Any]:
+        assert (kw["field_manager"], kw["force"], kw["_content_type"]) == (
+            FIELD_MANAGER,
+            True,
+            APPLY,
+        )
+        if self.fail is not None:
+            raise self.fail
+        self.applies.append(body)
+        old = self.live or {"metadata": {"generation": 0}}
+        changed = old.get("spec") != body["spec"]
+        meta = {**body["metadata"], "generation": old["metadata"]["generation"] + changed}
+        self.live = {**body, "metadata": meta, "status": old.get("status", {})}
+        return self.live
+
+
+def run(backend: KubeRay, threshold: float) -> tuple[Action, Any]:
+    async def go() -> tuple[Action, Any]:
+        await backend.observe()
+        return await backend.apply(threshold)
+
+    return asyncio.run(go())
+
+
+def test_kuberay_applies_server_side_and_reports_what_changed() -> None:
+    api = FakeCustomObjects()
+    assert run(KubeRay(mt(), api), 0.6)[0] == Action.CREATED  # type: ignore[arg-type]
+    assert api.applies[0] == render.ray_service(mt(), threshold=0.6)
+    assert run(KubeRay(mt(), api), 0.6)[0] == Action.UNCHANGED  # type: ignore[arg-type]
+    action, seen = run(KubeRay(mt(), api), 0.65)  # type: ignore[arg-type]
+    assert action == Action.UPDATED and seen.threshold == 0.65
+
+
+def test_kuberay_reads_serves_status_and_the_threshold_from_the_rayservice() -> None:
+    live = render.ray_service(mt(), threshold=0.7)
+    live["status"] = {
+        "activeServiceStatus": {
+            "applicationStatuses": {
+                "support-assistant": {
+                    "status": "RUNNING",
+                    "serveDeploymentStatuses": {
+                        "Ingress": {"status": "HEALTHY"},
+                        "tier-small": {"status": "UNHEALTHY", "message": "OOM"},
+                    },
+                }
+            }
+        }
+    }
+    seen = observe(live, "support-assistant")
+    assert seen.threshold == 0.7
+    assert seen.app is not None and seen.app.status == "RUNNING"
+    assert seen.app.deployments["tier-small"] == DeploymentState("UNHEALTHY", "OOM")
+    assert observe(live, "another-app").app is None
+    assert observe(None, "support-assistant").threshold is None
+    live["spec"]["serveConfigV2"] = "not: [valid"
+    assert observe(live, "support-assistant").threshold is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "message"),
+    [
+        (ApiException(status=404, reason="Not Found"), "RayServiceCRDMissing", "install KubeRay"),
+        (
+            ApiException(status=422, reason="Unprocessable"),
+            "RayServiceRejected",
+            "422 Unprocessable",
+        ),
+    ],
+)
+def test_kuberay_api_errors_become_condition_reasons(
+    exc: ApiException, reason: str, message: str
+) -> None:
+    api = FakeCustomObjects()
+    api.fail = exc
+    with pytest.raises(BackendError) as err:
+        run(KubeRay(mt(), api), 0.6)  # type: ignore[arg-type]
+    assert err.value.reason == reason and message in str(err.value)

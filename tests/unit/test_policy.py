@@ -374,9 +374,9 @@ def test_params_from_the_api() -> None:
         parse_duration("30 s")
 
 
-def test_the_api_defaults_are_the_policy_defaults() -> None:
-    """A spec that sets only the Prometheus URL behaves as before the knobs were in the API:
-    5m grace, no latency or agreement target, a 1 pp deadband."""
+def test_a_spec_that_sets_only_the_prometheus_url_gets_the_default_params() -> None:
+    """`from_spec` carries every knob across (the defaults come from the same API models), and
+    the grace period holds a 4-minute outage."""
     esc = Escalation(autoscale=Autoscale.model_validate({"prometheusURL": "http://prom:9090"}))
     assert PolicyParams.from_spec(esc) == PolicyParams()
     d = decide(0.5, Signals(), PolicyParams.from_spec(esc), PolicyMemory(unavailable_seconds=240))

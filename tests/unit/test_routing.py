@@ -1,18 +1,25 @@
-"""Routing decisions (pure functions)."""
+"""Routing decisions (pure functions) and the ingress config they read."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
+from tierserve.api.v1alpha1 import ModelTier, Routing
+from tierserve.build import render
 from tierserve.serving import routing
-from tierserve.serving.routing import RouterConfig, RoutingError
+from tierserve.serving.config import IngressConfig
+from tierserve.serving.errors import ModelNotFound
 
 pytestmark = pytest.mark.unit
 
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
-def cfg(**overrides: object) -> RouterConfig:
+
+def cfg(**overrides: object) -> IngressConfig:
     user_config = {
         "modelTier": "assist",
         "tiers": [{"name": "small", "modelId": "s"}, {"name": "large", "modelId": "l"}],
@@ -21,7 +28,7 @@ def cfg(**overrides: object) -> RouterConfig:
         "forceTopTier": [{"name": "medical", "keywords": ["dosage"], "patterns": [r"over\s*dose"]}],
         **overrides,
     }
-    return RouterConfig.from_user_config(user_config)
+    return IngressConfig.model_validate(user_config)
 
 
 def test_model_name_picks_router_or_pins_a_tier() -> None:
@@ -29,10 +36,10 @@ def test_model_name_picks_router_or_pins_a_tier() -> None:
     assert routing.resolve_model(c, "assist") is None
     assert routing.resolve_model(c, None) is None
     assert routing.resolve_model(c, "assist:large") == 1
-    with pytest.raises(RoutingError, match="unknown tier 'huge'") as err:
+    with pytest.raises(ModelNotFound, match="unknown tier 'huge'") as err:
         routing.resolve_model(c, "assist:huge")
     assert err.value.param == "model" and err.value.status == 404
-    with pytest.raises(RoutingError, match="not served here"):
+    with pytest.raises(ModelNotFound, match="not served here"):
         routing.resolve_model(c, "gpt-4")
 
 
@@ -61,9 +68,11 @@ def test_higher_threshold_means_fewer_escalations() -> None:
 
 
 def test_prompt_text_reads_prompts_and_chat_messages() -> None:
-    assert routing.prompt_text({"prompt": "12+3="}) == "12+3="
-    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
-    assert routing.prompt_text(chat) == "hi"
+    assert routing.prompt_text(prompt="12+3=") == "12+3="
+    assert routing.prompt_text(prompt=["a", "b"]) == "a b"
+    chat = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"content": "there"}]
+    assert routing.prompt_text(chat) == "hi\nthere"
+    assert routing.prompt_text() == ""
 
 
 def test_plan_pins_forces_or_cascades() -> None:
@@ -92,8 +101,17 @@ def test_circuit_breaker_opens_after_repeated_failures_and_probes_after_cooldown
 
 def test_fallback_order_follows_the_configured_direction() -> None:
     assert routing.fallback_order(3, 0, "nextTier") == [0, 1, 2]
+    assert routing.fallback_order(3, 1, "nextTier") == [1, 2]
     assert routing.fallback_order(3, 2, "previousTier") == [2, 1, 0]
+    assert routing.fallback_order(3, 2, "nextTier") == [2]
     assert routing.fallback_order(3, 1, "none") == [1]
+
+
+def test_a_tier_may_take_its_share_of_the_time_left() -> None:
+    assert routing.attempt_budget(60.0, 2) == 30.0  # the fallback keeps half
+    assert routing.attempt_budget(60.0, 1) == 60.0  # the last one may use it all
+    assert routing.attempt_budget(-1.0, 2) == 0.0
+    assert routing.attempt_budget(3.0, 0) == 3.0
 
 
 def test_logprobs_are_read_from_completion_and_chat_chunks() -> None:
@@ -102,6 +120,8 @@ def test_logprobs_are_read_from_completion_and_chat_chunks() -> None:
     assert routing.stream_chunk_logprobs(completion, chat=False) == [-0.1, -2.0]
     assert routing.stream_chunk_logprobs(chat, chat=True) == [-0.5]
     assert routing.answer_text(chat, chat=True) == "4"
+    second = {"choices": [{"index": 1, "text": "x"}, {"index": 0, "text": "y"}]}
+    assert routing.answer_text(second, chat=False) == "y"  # n > 1: the first choice's text
     assert routing.normalise_answer("  The  Answer\n") == routing.normalise_answer("the answer")
 
 
@@ -123,3 +143,35 @@ def test_upfront_and_hybrid_plans_follow_the_score() -> None:
         for t in range(11)
     ]
     assert ups == sorted(ups, reverse=True)
+
+
+def test_the_config_is_the_apis_routing_with_its_defaults() -> None:
+    """Every default lives once, in the API: a minimal user_config gets the API's."""
+    minimal = IngressConfig.model_validate({"modelTier": "a", "tiers": [{"name": "s"}]})
+    api = Routing()
+    for name in Routing.model_fields:
+        assert getattr(minimal, name) == getattr(api, name), name
+    assert minimal.threshold == api.escalation.threshold
+    assert minimal.tiers[0].model_id == "s"
+    with pytest.raises(ValueError, match="Extra inputs"):
+        IngressConfig.model_validate({"modelTier": "a", "tiers": [{"name": "s"}], "treshold": 1})
+    with pytest.raises(ValueError, match="unique"):
+        IngressConfig.model_validate({"modelTier": "a", "tiers": [{"name": "s"}, {"name": "s"}]})
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_what_the_renderer_writes_is_what_the_ingress_reads(path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        mt = ModelTier.model_validate(doc)
+        user_config = render.serve_application(mt, threshold=0.42)["deployments"][0]["user_config"]
+        config = IngressConfig.model_validate(user_config)
+        spec = mt.spec.routing
+        assert config.threshold == 0.42
+        assert config.escalation.bounds == spec.escalation.bounds
+        assert config.model_dump(exclude={"escalation", "model_tier", "tiers"}) == spec.model_dump(
+            exclude={"escalation"}
+        )
+        assert [(t.name, t.model_id) for t in config.tiers] == [
+            (t.name, t.model.id or t.name) for t in mt.spec.tiers
+        ]
+        assert [r.name for r in config.rules] == [r.name for r in spec.force_top_tier]

@@ -1,9 +1,12 @@
-"""Prompt scorers: the serving re-implementation matches scikit-learn; the heuristic is sane;
-scores are ranks (spread over [0, 1]) that order prompts exactly as the raw logits do."""
+"""Prompt scorers: the serving re-implementation matches scikit-learn (and the pure-Python
+MurmurHash3 it replaced); the heuristic is sane; scores are ranks (spread over [0, 1]) that order
+prompts exactly as the raw logits do."""
 
 from __future__ import annotations
 
 import json
+import random
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +19,17 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import murmurhash3_32 as sk_murmur
 
+from tierserve.api.v1alpha1 import ScorerRef, ScorerType
 from tierserve.serving import scorers
-from tierserve.serving.scorers import HashedNgrams, HeuristicScorer, LinearScorer, QuantileMap
-from tierserve.tools import calibrate, quality
+from tierserve.serving.scorers import (
+    HashedNgrams,
+    HeuristicScorer,
+    LinearScorer,
+    QuantileMap,
+    hashing,
+    heuristic,
+)
+from tierserve.tools import labelled, quality, training
 
 pytestmark = pytest.mark.unit
 
@@ -35,11 +46,89 @@ PROMPTS = [
 ]
 
 
+_MASK = 0xFFFFFFFF
+
+
+def reference_murmurhash3_32(data: bytes) -> int:
+    """The pure-Python MurmurHash3 x86_32 (seed 0, signed) the scorer used before `mmh3`."""
+    n, h = len(data), 0
+    blocks = n >> 2
+    for k in struct.unpack_from(f"<{blocks}I", data) if blocks else ():
+        k = (k * 0xCC9E2D51) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        h ^= (k * 0x1B873593) & _MASK
+        h = ((h << 13) | (h >> 19)) & _MASK
+        h = (h * 5 + 0xE6546B64) & _MASK
+    if n & 3:
+        k = int.from_bytes(data[n - (n & 3) :], "little")
+        k = (k * 0xCC9E2D51) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        h ^= (k * 0x1B873593) & _MASK
+    h ^= n
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    h ^= h >> 16
+    return h - 0x100000000 if h & 0x80000000 else h
+
+
+def reference_code(gram: str, n_features: int) -> int:
+    """The replaced bucket and sign code, with sklearn's int32 special case for h = -2**31."""
+    h = reference_murmurhash3_32(gram.encode("utf-8", "surrogatepass"))
+    if h == -0x80000000:
+        index = (0x7FFFFFFF - (n_features - 1)) % n_features
+    else:
+        index = abs(h) % n_features
+    return index + 1 if h >= 0 else -(index + 1)
+
+
+def random_texts(n: int, seed: int = 0) -> list[str]:
+    """ASCII, accents, combining marks, CJK, emoji, odd whitespace, lone surrogates, any code."""
+    rng = random.Random(seed)
+    common = "abcXYZ 019 \t\n\u00a0\u2003\u3000\u1680éüßÇ日本語🙂\u0301\ud800\udfff?=+{};_"
+    return [
+        "".join(
+            rng.choice(common) if rng.random() < 0.8 else chr(rng.randrange(0x110000))
+            for _ in range(rng.randrange(60))
+        )
+        for _ in range(n)
+    ]
+
+
+def test_hashing_matches_the_pure_python_murmurhash_it_replaced() -> None:
+    grams = set()
+    for text in random_texts(3000):
+        grams.add(text)
+        grams.update(hashing.word_ngrams(text, (1, 3)))
+        for word in text.lower().split():
+            grams.update(hashing.char_wb_ngrams(word, 1, 5))
+    assert len(grams) > 50_000 and any(not g.isascii() for g in grams)
+    for n_features in (97, 1 << 14, 2**31 - 1):
+        got = [hashing.code(g, n_features) for g in grams]
+        assert got == [reference_code(g, n_features) for g in grams]
+    # sklearn's special case for abs(-2**31) in int32 is what Python's abs() gives anyway.
+    for n_features in [*range(1, 5000), 1 << 14, 1 << 18, 2**31 - 1]:
+        assert (0x7FFFFFFF - (n_features - 1)) % n_features == 2**31 % n_features
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
-def test_murmurhash_matches_sklearn(text: str) -> None:
+def test_hashing_matches_sklearn_murmurhash(text: str) -> None:
     data = text.encode("utf-8", "surrogatepass")
-    assert scorers.murmurhash3_32(data) == sk_murmur(data, seed=0, positive=False)
+    h = sk_murmur(data, seed=0, positive=False)
+    index = abs(h) % 1000
+    assert hashing.code(text, 1000) == (index + 1 if h >= 0 else -(index + 1))
+
+
+def test_a_lone_surrogate_is_scored_not_a_crash() -> None:
+    """mmh3 crashes the process on such a str; the scorer hashes its surrogatepass bytes."""
+    text = "bad \ud800 input \udfff"
+    assert hashing.code("\ud800", 1 << 14) == -14003  # the pure-Python murmur's bucket
+    for block in scorers.DEFAULT_BLOCKS:
+        buckets, values = block.vector(text)
+        assert len(buckets) > 0 and abs(float(values @ values) - 1) < 1e-12
+    assert 0 < HeuristicScorer().score(text) < 1
 
 
 @pytest.mark.parametrize(
@@ -74,16 +163,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     The rank map is fitted on the first 300 prompts' logits: the other 300 and `PROMPTS` fall
     between and beyond its knots, as new traffic does.
     """
-    if not calibrate.DEFAULT_DATA.exists():
+    if not labelled.DEFAULT_DATA.exists():
         pytest.skip("RouteLLM data not present")
-    examples = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["gsm8k"])[:600]
-    weak, strong = calibrate._labels(examples)
+    examples = labelled.load_routellm(labelled.DEFAULT_DATA, ["gsm8k"])[:600]
+    weak, strong = labelled.labels(examples)
     prompts = [e.prompt for e in examples]
-    X = calibrate.vectorize(prompts, scorers.DEFAULT_BLOCKS)
-    clf = calibrate.fit(X, weak, strong, C=2.0)
-    ranks = QuantileMap.fit(clf.decision_function(X[:300]), calibrate.KNOTS)
+    X = training.vectorize(prompts, scorers.DEFAULT_BLOCKS)
+    clf = training.fit(X, weak, strong, C=2.0)
+    ranks = QuantileMap.fit(clf.decision_function(X[:300]), training.KNOTS)
     path = tmp_path_factory.mktemp("scorer") / "scorer.json"
-    calibrate.to_scorer(clf, scorers.DEFAULT_BLOCKS, ranks).save(path)
+    training.to_scorer(clf, scorers.DEFAULT_BLOCKS, ranks).save(path)
     loaded = scorers.load_scorer({"type": "linear", "path": str(path)})
     assert isinstance(loaded, LinearScorer)
     return loaded, clf, prompts, path
@@ -92,7 +181,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def test_serving_scorer_reproduces_sklearn_logits_and_probabilities(trained: Trained) -> None:
     scorer, clf, prompts, _ = trained
     sample = prompts[:100] + PROMPTS
-    X = calibrate.vectorize(sample, scorers.DEFAULT_BLOCKS)
+    X = training.vectorize(sample, scorers.DEFAULT_BLOCKS)
     logits = np.array([scorer.decision(p) for p in sample])
     np.testing.assert_allclose(logits, clf.decision_function(X), rtol=0, atol=1e-6)
     got = np.array([scorer.probability(p) for p in sample])
@@ -105,8 +194,8 @@ def test_serving_scorer_reproduces_sklearn_logits_and_probabilities(trained: Tra
 def test_scores_are_spread_ranks_that_keep_the_logits_order_and_apgr(trained: Trained) -> None:
     """The rank map is monotone: same routing quality, but a score spread over [0, 1]."""
     scorer, _, prompts, _ = trained
-    examples = calibrate.load_routellm(calibrate.DEFAULT_DATA, ["gsm8k"])[:600]
-    weak, strong = calibrate._labels(examples)
+    examples = labelled.load_routellm(labelled.DEFAULT_DATA, ["gsm8k"])[:600]
+    weak, strong = labelled.labels(examples)
     logits = np.array([scorer.decision(p) for p in prompts])
     scores = np.array([scorer.score(p) for p in prompts])
     probabilities = 1.0 / (1.0 + np.exp(-logits))
@@ -198,15 +287,19 @@ def test_quantile_map_rejects_bad_knots(data: dict[str, list[float]], message: s
         QuantileMap.from_dict(data)
 
 
-@pytest.mark.skipif(not calibrate.DEFAULT_DATA.exists(), reason="RouteLLM data not present")
+@pytest.mark.skipif(not labelled.DEFAULT_DATA.exists(), reason="RouteLLM data not present")
 def test_heuristic_ranks_match_routellm_prompts() -> None:
     """The built-in map still spreads the default heuristic's scores uniformly on its data."""
     h = HeuristicScorer()
-    examples = calibrate.load_routellm(calibrate.DEFAULT_DATA)
+    examples = labelled.load_routellm(labelled.DEFAULT_DATA)
     logits = np.array([h.logit(e.prompt) for e in examples])
     scores = h.calibration.many(logits)
     fresh = QuantileMap.fit(logits, 101)
-    hint = f"default heuristic weights changed? regenerate HEURISTIC_RANKS from {fresh}"
+    rounded = {"raw": np.round(fresh.x, 5).tolist(), "rank": np.round(fresh.y, 5).tolist()}
+    hint = (
+        f"heuristic weights changed? write {json.dumps(rounded)} and tail "
+        f"{fresh.tail:.5f} to tierserve/serving/scorers/{heuristic.RANKS_FILE}"
+    )
     for t in np.linspace(0.05, 0.95, 19):
         assert (scores <= t).mean() == pytest.approx(t, abs=0.01), hint
     # Unmapped, sigmoid(logit) put the middle 90% of these prompts in 0.11-0.69, half below 0.22.
@@ -228,6 +321,23 @@ def test_heuristic_never_drops_when_text_is_appended(head: str, tail: str) -> No
     assert h.score(head + " " + tail) >= h.score(head)
 
 
+def test_heuristic_scores_are_those_of_the_built_in_literal_it_replaced() -> None:
+    """The rank map moved from a Python literal to package data; scores did not move."""
+    expected = [
+        2.9816108498770576e-05,
+        0.39164552011198006,
+        0.6600949698010857,
+        0.2487744316289417,
+        2.897781454792826e-05,
+        2.8892202933782873e-05,
+        2.8892202933782873e-05,
+        0.6973668947514399,
+    ]
+    assert [HeuristicScorer().score(p) for p in PROMPTS] == expected
+    ranks = heuristic.built_in_ranks()
+    assert (len(ranks.x), ranks.x[0], ranks.y[-1], ranks.tail) == (101, -2.28876, 0.99997, 5.61426)
+
+
 def test_heuristic_ranks_hard_looking_prompts_above_easy_ones() -> None:
     h = HeuristicScorer()
     easy = h.score("Hi! What's your name?")
@@ -243,8 +353,15 @@ def test_heuristic_ranks_hard_looking_prompts_above_easy_ones() -> None:
 
 def test_load_scorer_rejects_bad_specs_with_the_reason(tmp_path: Path) -> None:
     assert isinstance(scorers.load_scorer({"type": "heuristic"}), HeuristicScorer)
-    tuned = scorers.load_scorer({"type": "heuristic", "signals": {"code": [2.0, 3.0]}})
-    assert tuned.score("def f(): return 1") > HeuristicScorer().score("def f(): return 1")
+    # What the operator renders from the API's ScorerRef: type and path, path None if unset.
+    rendered = ScorerRef().model_dump(by_alias=True, mode="json")
+    assert isinstance(scorers.load_scorer(rendered), HeuristicScorer)
+    linear = ScorerRef(type=ScorerType.LINEAR, path=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cannot read scorer file"):
+        scorers.load_scorer(linear.model_dump(by_alias=True, mode="json"))
+    # The API has no weight overrides, so a user_config carrying one is refused, not ignored.
+    with pytest.raises(ValueError, match=r"unknown scorer option\(s\) \['signals'\]"):
+        scorers.load_scorer({"type": "heuristic", "signals": {"code": [2.0, 3.0]}})
     with pytest.raises(ValueError, match="unknown scorer type 'bert'"):
         scorers.load_scorer({"type": "bert"})
     with pytest.raises(ValueError, match='needs "path"'):
@@ -259,8 +376,6 @@ def test_load_scorer_rejects_bad_specs_with_the_reason(tmp_path: Path) -> None:
     other.write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match=r"not a tierserve\.linear-scorer/v2 file"):
         scorers.load_scorer({"type": "linear", "path": str(other)})
-    with pytest.raises(ValueError, match="weight must be >= 0"):
-        scorers.load_scorer({"type": "heuristic", "signals": {"code": [-1, 3]}})
 
 
 def test_importing_scorers_does_not_import_sklearn() -> None:

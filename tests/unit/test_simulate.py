@@ -12,6 +12,7 @@ import pytest
 
 from tierserve.autoscale.policy import PolicyParams
 from tierserve.tools import simulate as sim
+from tierserve.tools.simulate import queueing
 
 pytestmark = pytest.mark.unit
 
@@ -25,9 +26,9 @@ def test_fifo_queue_and_busy_time() -> None:
     trace.small_tokens = np.array([200.0, 100.0, 100.0])  # 2 s, 1 s, 1 s at 100 tok/s
     for field in ("score", "small_correct", "large_correct", "agree", "large_tokens"):
         setattr(trace, field, getattr(trace, field)[:3])
-    start, done = sim._small_tier(trace, replace(sim.SMALL, replicas=1, slots=1))
+    start, done = queueing._small_tier(trace, replace(sim.SMALL, replicas=1, slots=1))
     assert start.tolist() == [0.0, 2.0, 3.0] and done.tolist() == [2.0, 3.0, 4.0]
-    busy = sim._busy_seconds(start, done, np.array([0.0, 1.0, 2.5, 10.0]))
+    busy = queueing._busy_seconds(start, done, np.array([0.0, 1.0, 2.5, 10.0]))
     assert busy.tolist() == pytest.approx([1.0, 1.5, 1.5])
 
 

@@ -176,12 +176,13 @@ CRD_FILE = "modeltiers.tierserve.io.yaml"
 
 def main(argv: list[str] | None = None) -> None:
     """`tierserve crds [--out DIR ...] [--docs FILE] [--check]`: write the CRD (and the ModelTier
-    reference), or fail if a file is stale."""
+    reference), or fail if a file is stale. An --out that is a Helm chart's crds/ directory
+    also gets the chart's values.schema.json, generated from tierserve.api.chart."""
     import argparse
     import sys
     from pathlib import Path
 
-    from tierserve.api import reference
+    from tierserve.api import chart, reference
 
     parser = argparse.ArgumentParser(prog="tierserve crds", description=main.__doc__)
     parser.add_argument("--out", action="append", help="directory (repeatable); default crds/")
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     text = render_yaml()
     files = {Path(out) / CRD_FILE: text for out in args.out or ["crds"]}
+    for out in args.out or []:
+        if (Path(out).parent / "Chart.yaml").is_file():
+            files[Path(out).parent / chart.SCHEMA_FILE] = chart.render_json()
     if args.docs:
         files[Path(args.docs)] = reference.render(crd(), Path(__file__).resolve().parents[2])
     stale = []

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from tierserve.names import RAY_VERSION
+
 GROUP = "tierserve.io"
 VERSION = "v1alpha1"
 KIND = "ModelTier"
@@ -377,7 +379,14 @@ class Routing(_Model):
     )
     shadow: Shadow = Field(default_factory=Shadow, description="Shadow evaluation.")
     request_timeout_seconds: float = Field(
-        default=60.0, gt=0, le=3600, description="Per-tier request timeout before fallback."
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Deadline of one request, from its arrival to its last token, fallbacks included; "
+            "each tier attempt gets an even share of the time left among the tiers that may "
+            "still answer, so a hung tier leaves time for its fallback. Past it: 504."
+        ),
     )
 
 
@@ -412,7 +421,9 @@ class RayConfig(_Model):
     image: str | None = Field(
         default=None, max_length=512, description="Serving image with tierserve and vLLM."
     )
-    ray_version: str = Field(default="2.60.0", max_length=32, description="Ray version of image.")
+    ray_version: str = Field(
+        default=RAY_VERSION, max_length=32, description="Ray version of image."
+    )
     dashboard_url: str | None = Field(
         default=None,
         pattern=r"^https?://",
@@ -449,23 +460,63 @@ class ModelTierSpec(_Model):
     ray: RayConfig = Field(description="Where the tiers run.")
 
 
-class Condition(_Model):
-    type: str = Field(description="Ready, Progressing, Degraded or MetricsAvailable.")
-    status: str = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
+class ConditionType(StrEnum):
+    """The conditions of a ModelTier (one of each; MetricsAvailable only with autoscale)."""
+
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    METRICS_AVAILABLE = "MetricsAvailable"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionReason(StrEnum):
+    """Every reason a condition can give: a closed set, so tools can match on them."""
+
+    SERVING = "Serving"
+    DEPLOYING = "Deploying"
+    DEPLOYED = "Deployed"
+    BLOCKED = "Blocked"
+    AS_EXPECTED = "AsExpected"
+    APPLICATION_FAILED = "ApplicationFailed"
+    INVALID_SPEC = "InvalidSpec"
+    RAY_SERVICE_CRD_MISSING = "RayServiceCRDMissing"
+    RAY_SERVICE_REJECTED = "RayServiceRejected"
+    DASHBOARD_UNREACHABLE = "DashboardUnreachable"
+    SERVE_CONFIG_REJECTED = "ServeConfigRejected"
+    SIGNALS_READ = "SignalsRead"
+    SIGNALS_UNAVAILABLE = "SignalsUnavailable"
+
+
+class _Status(_Model):
+    """Status is parsed back from the API server: fields an older or newer operator wrote are
+    ignored rather than refused, so the status can always be rebuilt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(_Status):
+    type: ConditionType = Field(description="What the condition is about.")
+    status: ConditionStatus = Field(description="Whether it holds.")
+    reason: ConditionReason = Field(description="Why, as a code (docs/operations.md says each).")
     message: str = Field(default="", description="Human-readable detail.")
     last_transition_time: str | None = Field(default=None, description="RFC 3339 time.")
     observed_generation: int | None = Field(default=None, description="Generation it is about.")
 
 
-class TierStatus(_Model):
+class TierStatus(_Status):
     name: str = Field(description="The tier's name in spec.tiers.")
     ready: bool = Field(default=False, description="Its Serve deployment is HEALTHY.")
     replicas: int = Field(default=0, description="Running replicas, as Serve reports them.")
     message: str = Field(default="", description="Serve's message when it is not ready.")
 
 
-class EscalationStatus(_Model):
+class EscalationStatus(_Status):
     threshold: float | None = Field(default=None, description="Threshold the router uses now.")
     desired_threshold: float | None = Field(default=None, description="What the policy wants.")
     reason: str = Field(default="", description="Why it has its current value.")
@@ -475,7 +526,7 @@ class EscalationStatus(_Model):
     signals: dict[str, float] = Field(default_factory=dict, description="Inputs last used.")
 
 
-class ModelTierStatus(_Model):
+class ModelTierStatus(_Status):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
     )
@@ -498,6 +549,10 @@ class ModelTierStatus(_Model):
         description="Kopf's bookkeeping (kept in status so the operator never writes metadata).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    def condition(self, type_: ConditionType) -> Condition | None:
+        """The condition of `type_`, if the status has one."""
+        return next((c for c in self.conditions if c.type == type_), None)
 
 
 class ModelTier(_Model):

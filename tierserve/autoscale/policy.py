@@ -32,7 +32,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from tierserve.api.v1alpha1 import Escalation
+from tierserve.api.v1alpha1 import Autoscale, Escalation
 
 GAIN = 0.7  # under-relaxed Newton step: tolerates a slope estimate 30% too low without overshoot
 NOISE_Z = 2.0  # deadbands widen to this many standard errors of the measured rate
@@ -96,6 +96,13 @@ class Signals:
         return out
 
 
+# The API's defaults, read off the models so each default is written once: an Escalation that
+# sets nothing, and an Autoscale that sets nothing (built without validation, as its Prometheus
+# URL is required and irrelevant here).
+_ESCALATION = Escalation()
+_AUTOSCALE = Autoscale.model_construct()
+
+
 @dataclass(frozen=True)
 class PolicyParams:
     """The spec's escalation settings (`spec.routing.escalation` and its `autoscale`).
@@ -103,17 +110,17 @@ class PolicyParams:
     The defaults are the API's, so a bare `PolicyParams()` behaves like a spec that sets
     nothing but the Prometheus URL."""
 
-    spec_threshold: float = 0.5
-    min_threshold: float = 0.0
-    max_threshold: float = 1.0
-    budget: float = 0.25  # autoscale.maxEscalationRate
-    queue_target: float = 5.0  # autoscale.topTierQueueTarget
-    max_step: float = 0.05  # autoscale.maxStep
-    interval_seconds: float = 30.0  # autoscale.interval
-    latency_target: float | None = None  # autoscale.topTierLatencyTarget: p95 TTFT, s; None=off
-    agreement_target: float | None = None  # autoscale.agreementTarget: None = spend the budget
-    rate_tolerance: float = 0.01  # autoscale.rateTolerance: deadband around the budget (share)
-    grace_seconds: float = 300.0  # autoscale.signalGracePeriod: hold, then back to the spec
+    spec_threshold: float = _ESCALATION.threshold
+    min_threshold: float = _ESCALATION.bounds.min
+    max_threshold: float = _ESCALATION.bounds.max
+    budget: float = _AUTOSCALE.max_escalation_rate
+    queue_target: float = _AUTOSCALE.top_tier_queue_target
+    max_step: float = _AUTOSCALE.max_step
+    interval_seconds: float = parse_duration(_AUTOSCALE.interval)
+    latency_target: float | None = _AUTOSCALE.top_tier_latency_target  # p95 TTFT, s; None: off
+    agreement_target: float | None = _AUTOSCALE.agreement_target  # None: spend the budget
+    rate_tolerance: float = _AUTOSCALE.rate_tolerance  # deadband around the budget (a share)
+    grace_seconds: float = parse_duration(_AUTOSCALE.signal_grace_period)  # then back to spec
     queue_hold_fraction: float = 0.5  # queue in (fraction x target, target] holds (not in API)
     offloads_lower: bool = False  # upfront/hybrid: escalated requests skip the lower tiers
 
@@ -171,9 +178,6 @@ class Decision:
     reason: str  # one line for status and Events
     constraint: str  # what set it, CamelCase (an Event reason)
     memory: PolicyMemory  # pass back next interval
-
-    def changed(self, current: float) -> bool:
-        return self.threshold != current
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from tierserve.api.v1alpha1 import ModelTier
 from tierserve.autoscale.policy import Signals, parse_duration
 
 ROUTER = "ray_tierserve_"
@@ -107,3 +108,14 @@ async def read_signals(
     errors = [why for _, why in answers]
     error = "" if any(not why for why in errors) else errors[-1] if errors else ""
     return Reading(Signals(**values), error)
+
+
+async def read_modeltier(mt: ModelTier, timeout: float = 5.0) -> Reading:
+    """This ModelTier's signals from the Prometheus its `autoscale` names (which must be set)."""
+    auto = mt.spec.routing.escalation.autoscale
+    if auto is None:
+        raise ValueError("escalation.autoscale is not set: there are no signals to read")
+    top = mt.spec.tiers[-1]
+    promql = queries(mt.metadata["name"], top.name, top.model.id or top.name, auto.interval)
+    async with httpx.AsyncClient() as client:
+        return await read_signals(client, auto.prometheus_url, promql, timeout)

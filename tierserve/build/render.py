@@ -9,7 +9,6 @@ lives in the router's `user_config`, which Serve applies in place: no replica re
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -236,11 +235,6 @@ def render(mt: ModelTier, *, threshold: float | None = None) -> list[dict[str, A
             "spec": serve_application(mt, threshold=threshold),
         }
     ]
-
-
-def fingerprint(obj: Any) -> str:
-    """Stable text of an object, to compare desired and live state without spurious diffs."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,105 +1,91 @@
 """The external backend: one Serve application on an existing Ray cluster, through the Serve
-REST API of its dashboard (`/api/serve/applications/`).
+REST API of its dashboard (serve_client.py), next to whatever else runs there.
 
-That API takes the whole declarative config at once, so deploying or removing our application
-re-sends the other applications' configs unchanged: ModelTiers can share one cluster.
+Drift is a typed comparison: the rendered application against the config Serve reports as
+deployed, both as `ApplicationConfig`. Serve reports back exactly the fields it was given, so
+equal means nothing to do, and a config changed by hand on the cluster is put back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import httpx
+from tierserve.api.v1alpha1 import ConditionReason, ModelTier
+from tierserve.build import render
+from tierserve.controller.backend import (
+    Action,
+    AppState,
+    BackendError,
+    DeploymentState,
+    Observed,
+    router_threshold,
+)
+from tierserve.controller.serve_client import (
+    ApplicationConfig,
+    ServeAPIError,
+    ServeClient,
+    ServeDetails,
+)
+from tierserve.names import INGRESS_DEPLOYMENT
 
-from tierserve.controller.drift import covers
-from tierserve.controller.status import Observation
-
-PATH = "/api/serve/applications/"
-
-
-class DashboardError(Exception):
-    """The dashboard could not be reached or refused the config; `reason` is for conditions."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-class ServeREST:
-    def __init__(self, dashboard_url: str, timeout: float = 10.0):
-        self.url = dashboard_url.rstrip("/") + PATH
-        self.timeout = timeout
-
-    def _call(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            r = httpx.request(method, self.url, json=body, timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise DashboardError(
-                "DashboardUnreachable", f"Ray dashboard at {self.url} is unreachable: {exc}"
-            ) from exc
-        if r.status_code >= 400:
-            raise DashboardError(
-                "ServeConfigRejected",
-                f"Ray dashboard refused {method} {self.url}: {r.status_code} {r.text[:300]}",
-            )
-        return dict(r.json()) if r.content else {}
-
-    def status(self) -> dict[str, Any]:
-        return self._call("GET")
-
-    @staticmethod
-    def deployed_configs(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            name: app["deployed_app_config"]
-            for name, app in (status.get("applications") or {}).items()
-            if app.get("deployed_app_config")
-        }
-
-    def apply(self, app: dict[str, Any]) -> str:
-        """Deploys `app` unless the cluster already runs exactly that config."""
-        status = self.status()
-        configs = self.deployed_configs(status)
-        if covers(app, configs.get(app["name"])):
-            return "unchanged"
-        action = "updated" if app["name"] in configs else "created"
-        configs[app["name"]] = app
-        self._put(status, configs)
-        return action
-
-    def remove(self, name: str) -> bool:
-        status = self.status()
-        configs = self.deployed_configs(status)
-        if name not in configs:
-            return False
-        del configs[name]
-        self._put(status, configs)
-        return True
-
-    def _put(self, status: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
-        """PUT the whole config, keeping the cluster's HTTP settings (they are not ours)."""
-        body: dict[str, Any] = {"applications": list(configs.values())}
-        for key in ("http_options", "proxy_location"):
-            if status.get(key):
-                body[key] = status[key]
-        self._call("PUT", body)
+T = TypeVar("T")
 
 
-def observe(status: dict[str, Any], app: str) -> Observation:
-    seen = (status.get("applications") or {}).get(app)
+def observe(details: ServeDetails, app: str) -> Observed:
+    seen = details.applications.get(app)
     if seen is None:
-        return Observation(app=None)
+        return Observed()
     deployments = {
-        name: {
-            "status": d.get("status", ""),
-            "message": d.get("message", ""),
-            "replicas": sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING"),
-        }
-        for name, d in (seen.get("deployments") or {}).items()
+        name: DeploymentState(status=d.status, message=d.message, replicas=d.running_replicas())
+        for name, d in seen.deployments.items()
     }
-    return Observation(
-        app={
-            "status": seen.get("status", ""),
-            "message": seen.get("message", ""),
-            "deployments": deployments,
-        }
+    config = seen.deployed_app_config
+    return Observed(
+        app=AppState(status=seen.status, message=seen.message, deployments=deployments),
+        threshold=router_threshold(config.user_config(INGRESS_DEPLOYMENT)) if config else None,
     )
+
+
+def _error(exc: ServeAPIError) -> BackendError:
+    if exc.status is None:
+        return BackendError(ConditionReason.DASHBOARD_UNREACHABLE, str(exc))
+    return BackendError(ConditionReason.SERVE_CONFIG_REJECTED, str(exc))
+
+
+class External:
+    kind = "Serve application"
+
+    def __init__(self, mt: ModelTier, serve: ServeClient | None = None):
+        assert mt.spec.ray.dashboard_url  # admission (CEL) guarantees it for this backend
+        self.mt = mt
+        self.serve = serve or ServeClient(mt.spec.ray.dashboard_url)
+        self.application = render.app_name(
+            mt.metadata.get("namespace", "default"), mt.metadata["name"]
+        )
+        self._details: ServeDetails | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking client call, off the event loop, its failures as BackendError."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ServeAPIError as exc:
+            raise _error(exc) from exc
+
+    async def observe(self) -> Observed:
+        self._details = await self._call(self.serve.details)
+        return observe(self._details, self.application)
+
+    async def apply(self, threshold: float) -> tuple[Action, Observed]:
+        app = ApplicationConfig.model_validate(
+            render.serve_application(self.mt, threshold=threshold)
+        )
+        action = Action(await self._call(self.serve.deploy, app, self._details))
+        if action != Action.UNCHANGED or self._details is None:
+            await self.observe()  # what Serve makes of the new config
+        assert self._details is not None
+        return action, observe(self._details, self.application)
+
+    async def remove(self) -> bool:
+        return await self._call(self.serve.remove, self.application)

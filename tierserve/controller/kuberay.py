@@ -1,78 +1,177 @@
-"""The kuberay backend: keeps one RayService, owned by the ModelTier, equal to what was rendered.
+"""The kuberay backend: one RayService per ModelTier, owned by it (garbage collection removes it).
 
-Only the fields tierserve renders are compared, so defaults the API server or KubeRay fill in
-never look like drift (no write on a no-op reconcile), while a hand edit of a rendered field is
-reverted on the next reconcile.
+The RayService is written by server-side apply with the field manager `tierserve` and `force`:
+the API server merges what we render with what others own, so defaults the API server or
+KubeRay fill in never look like drift, a hand edit of a field we render is taken back, and a
+reconcile that renders the same object changes nothing (no new resourceVersion).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any, cast
 
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
-from tierserve.controller.drift import covers
-from tierserve.controller.status import Observation
+from tierserve.api.v1alpha1 import ConditionReason, ModelTier
+from tierserve.build import render
+from tierserve.controller.backend import (
+    Action,
+    AppState,
+    BackendError,
+    DeploymentState,
+    Observed,
+    router_threshold,
+)
+from tierserve.controller.serve_client import DeployConfig
+from tierserve.names import INGRESS_DEPLOYMENT
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+FIELD_MANAGER = "tierserve"
+APPLY = "application/apply-patch+yaml"  # the client sends the dict as JSON, which is YAML
 
 
-def _obj(value: object) -> dict[str, Any]:
-    """The kubernetes client types custom objects as `object`; they are JSON dicts."""
-    return cast(dict[str, Any], value)
+class _Status(BaseModel):
+    """The part of RayService.status KubeRay mirrors from Serve (camelCase, the rest ignored)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class _Deployment(_Status):
+    status: str = ""
+    message: str = ""
+
+
+class _Application(_Status):
+    status: str = ""
+    message: str = ""
+    serve_deployment_statuses: dict[str, _Deployment] = Field(default_factory=dict)
+
+
+class _ServiceStatus(_Status):
+    application_statuses: dict[str, _Application] = Field(default_factory=dict)
+
+
+class _RayServiceStatus(_Status):
+    active_service_status: _ServiceStatus = Field(default_factory=_ServiceStatus)
+
+
+def observe(live: dict[str, Any] | None, app: str) -> Observed:
+    """Serve's status as KubeRay mirrors it, and the threshold in the live serveConfigV2."""
+    if live is None:
+        return Observed()
+    try:
+        status = _RayServiceStatus.model_validate(live.get("status") or {})
+        seen = status.active_service_status.application_statuses.get(app)
+    except ValidationError:
+        seen = None
+    state = None
+    if seen is not None:
+        deployments = {
+            name: DeploymentState(status=d.status, message=d.message)
+            for name, d in seen.serve_deployment_statuses.items()
+        }
+        state = AppState(status=seen.status, message=seen.message, deployments=deployments)
+    return Observed(app=state, threshold=_deployed_threshold(live, app))
+
+
+def _deployed_threshold(live: dict[str, Any], app: str) -> float | None:
+    try:
+        config = DeployConfig.model_validate(
+            yaml.safe_load((live.get("spec") or {}).get("serveConfigV2") or "")
+        )
+    except (yaml.YAMLError, ValidationError):
+        return None
+    deployed = next((a for a in config.applications if a.name == app), None)
+    return router_threshold(deployed.user_config(INGRESS_DEPLOYMENT)) if deployed else None
+
+
+def _error(exc: ApiException) -> BackendError:
+    if exc.status == 404:  # on apply: the resource type itself is unknown
+        return BackendError(
+            ConditionReason.RAY_SERVICE_CRD_MISSING,
+            "the RayService CRD (ray.io/v1) is not installed: install KubeRay",
+        )
+    try:
+        message = str(json.loads(exc.body or "").get("message") or exc.reason)
+    except (ValueError, TypeError, AttributeError):
+        message = f"{exc.status} {exc.reason}"
+    return BackendError(ConditionReason.RAY_SERVICE_REJECTED, message)
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Did the apply change what we own? Status writes by KubeRay move resourceVersion, so
+    compare what an apply can change: the spec (generation), labels and owners."""
+    old, new = before.get("metadata") or {}, after.get("metadata") or {}
+    return any(old.get(k) != new.get(k) for k in ("generation", "labels", "ownerReferences"))
 
 
 class KubeRay:
-    def __init__(self, api: client.CustomObjectsApi):
-        self.api = api
+    kind = "RayService"
 
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def __init__(self, mt: ModelTier, api: client.CustomObjectsApi | None = None):
+        self.mt = mt
+        self.api = api or client.CustomObjectsApi()
+        self.name = mt.metadata["name"]
+        self.namespace = mt.metadata.get("namespace", "default")
+        self.application = self.name  # one application per RayService: no namespacing needed
+        self._live: dict[str, Any] | None = None
+        self._observed = False
+
+    def _get(self) -> dict[str, Any] | None:
         try:
-            return _obj(
-                self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(
+                dict[str, Any],
+                self.api.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.name
+                ),
             )
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status == 404:  # not created yet, or no CRD: the apply tells which
                 return None
-            raise
+            raise _error(exc) from exc
 
-    def apply(self, desired: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Creates or corrects the RayService; returns (created | updated | unchanged, live)."""
-        meta = desired["metadata"]
-        live = self.get(meta["namespace"], meta["name"])
-        if live is None:
-            created = self.api.create_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, desired
+    def _apply(self, desired: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return cast(
+                dict[str, Any],
+                self.api.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    self.name,
+                    desired,
+                    field_manager=FIELD_MANAGER,
+                    force=True,
+                    _content_type=APPLY,
+                ),
             )
-            return "created", _obj(created)
-        wanted = {"spec": desired["spec"], "metadata": {"labels": meta["labels"]}}
-        if "ownerReferences" in meta:
-            wanted["metadata"]["ownerReferences"] = meta["ownerReferences"]
-        if covers(wanted, live):
-            return "unchanged", live
-        # A merge patch replaces lists wholesale, which is what we want for rendered lists.
-        patched = self.api.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], wanted
-        )
-        return "updated", _obj(patched)
+        except ApiException as exc:
+            raise _error(exc) from exc
 
+    async def observe(self) -> Observed:
+        self._live = await asyncio.to_thread(self._get)
+        self._observed = True
+        return observe(self._live, self.application)
 
-def observe(live: dict[str, Any] | None, app: str) -> Observation:
-    """Reads Serve's application status as KubeRay mirrors it into the RayService."""
-    status = (live or {}).get("status") or {}
-    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
-    seen = apps.get(app)
-    if seen is None:
-        return Observation(app=None)
-    deployments = {
-        name: {"status": d.get("status", ""), "message": d.get("message", "")}
-        for name, d in (seen.get("serveDeploymentStatuses") or {}).items()
-    }
-    return Observation(
-        app={
-            "status": seen.get("status", ""),
-            "message": seen.get("message", ""),
-            "deployments": deployments,
-        }
-    )
+    async def apply(self, threshold: float) -> tuple[Action, Observed]:
+        desired = render.ray_service(self.mt, threshold=threshold)
+        if not self._observed:  # the action is relative to what was there
+            await self.observe()
+        before = self._live
+        after = await asyncio.to_thread(self._apply, desired)
+        self._live = after
+        if before is None:
+            action = Action.CREATED
+        else:
+            action = Action.UPDATED if _changed(before, after) else Action.UNCHANGED
+        return action, observe(after, self.application)
+
+    async def remove(self) -> bool:
+        return False  # the ownerReference lets garbage collection remove the RayService

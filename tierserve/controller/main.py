@@ -30,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Importing these registers the reconcile handlers and the threshold autoscaler with Kopf.
-    import tierserve.controller.autoscale
+    # Importing it registers the handlers (the reconcile, its timer, deletion) with Kopf.
     import tierserve.controller.handlers  # noqa: F401
 
     asyncio.run(

@@ -1,9 +1,13 @@
-"""The operator's own Prometheus metrics (documented names; scraped from --metrics-port)."""
+"""The operator's own Prometheus metrics (names in docs/metrics.md; served on --metrics-port).
+
+Per-ModelTier series exist while the ModelTier autoscales its threshold: `forget` removes them
+when it is deleted or its autoscale removed, so no series outlives what it describes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -17,25 +21,6 @@ RECONCILE_SECONDS = Histogram(
     "Time one reconcile took, including backend calls.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-
-_started = False
-
-
-def observe_reconcile(outcome: str, seconds: float) -> None:
-    RECONCILES.labels(outcome=outcome).inc()
-    RECONCILE_SECONDS.observe(seconds)
-
-
-def start_server() -> None:
-    """Starts the /metrics endpoint once (TIERSERVE_OPERATOR_METRICS_PORT, 0 disables it)."""
-    global _started
-    port = int(os.environ.get("TIERSERVE_OPERATOR_METRICS_PORT", "8080"))
-    if _started or port == 0:
-        return
-    start_http_server(port, addr=os.environ.get("TIERSERVE_OPERATOR_METRICS_ADDR", "0.0.0.0"))
-    _started = True
-
-
 THRESHOLD = Gauge(
     "tierserve_operator_threshold", "The live escalation threshold.", ["namespace", "modeltier"]
 )
@@ -54,25 +39,60 @@ AVAILABLE = Gauge(
     "1 when the autoscaler could read its signals from Prometheus.",
     ["namespace", "modeltier"],
 )
-COST_REDUCTION = Gauge(
+COST_FACTOR = Gauge(
     "tierserve_operator_modelled_cost_factor",
     "All-top-tier cost divided by the modelled cost at the realized escalation rate.",
     ["namespace", "modeltier"],
 )
+PER_MODELTIER = (THRESHOLD, DESIRED, AVAILABLE, COST_FACTOR)
+
+# The signal series each ModelTier has, to remove exactly those (a signal can go missing).
+_signals: dict[tuple[str, str], set[str]] = {}
+_started = False
 
 
-def observe_threshold(
+def observe_reconcile(outcome: str, seconds: float) -> None:
+    RECONCILES.labels(outcome=outcome).inc()
+    RECONCILE_SECONDS.observe(seconds)
+
+
+def observe_policy(
     namespace: str,
     name: str,
-    decision: Any,
+    *,
+    threshold: float,
+    desired: float,
     signals: dict[str, float],
     available: bool,
-    reduction: float | None,
+    cost_factor: float | None,
 ) -> None:
-    THRESHOLD.labels(namespace, name).set(decision.threshold)
-    DESIRED.labels(namespace, name).set(decision.desired)
+    """One decision of the threshold policy; missing signals have no series."""
+    THRESHOLD.labels(namespace, name).set(threshold)
+    DESIRED.labels(namespace, name).set(desired)
     AVAILABLE.labels(namespace, name).set(1 if available else 0)
+    if cost_factor is not None:
+        COST_FACTOR.labels(namespace, name).set(cost_factor)
+    for gone in _signals.get((namespace, name), set()) - signals.keys():
+        SIGNAL.remove(namespace, name, gone)
     for signal, value in signals.items():
         SIGNAL.labels(namespace, name, signal).set(value)
-    if reduction is not None:
-        COST_REDUCTION.labels(namespace, name).set(reduction)
+    _signals[(namespace, name)] = set(signals)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Removes every series of this ModelTier (deleted, or no longer autoscaled)."""
+    for signal in _signals.pop((namespace, name), set()):
+        SIGNAL.remove(namespace, name, signal)
+    for gauge in PER_MODELTIER:
+        with contextlib.suppress(KeyError):  # never set; prometheus-client < 0.21 raises
+            gauge.remove(namespace, name)
+
+
+def start_server() -> None:
+    """Starts the /metrics endpoint once (TIERSERVE_OPERATOR_METRICS_PORT, 0 disables it)."""
+    global _started
+    port = int(os.environ.get("TIERSERVE_OPERATOR_METRICS_PORT", "8080"))
+    if _started or port == 0:
+        return
+    start_http_server(port, addr=os.environ.get("TIERSERVE_OPERATOR_METRICS_ADDR", "0.0.0.0"))
+    _started = True

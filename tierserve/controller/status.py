@@ -1,156 +1,185 @@
-"""Status of a ModelTier from what the backend reports: pure, so every rule has a unit test.
+"""A ModelTier's status from what the backend reports: pure, typed with the API's status models.
 
-Both backends report the Serve application the way Serve does (KubeRay copies Serve's
-application and deployment statuses into the RayService), so one function reads both.
-Conditions follow Kubernetes conventions: each of Ready, Progressing and Degraded is always
-present with a reason and a message, and keeps its lastTransitionTime while its status holds.
+Conditions follow Kubernetes conventions: Ready, Progressing and Degraded are always present
+with a reason and a message, and a condition keeps its lastTransitionTime while its status holds.
+The reconcile builds the whole status each time and writes only the difference (`merge_patch`),
+so a reconcile that changes nothing writes nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime as dt
 from typing import Any
 
-from tierserve.api.v1alpha1 import ModelTier
+from pydantic import ValidationError
+
+from tierserve import cost
+from tierserve.api.v1alpha1 import (
+    Condition,
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+    ModelTier,
+    ModelTierStatus,
+    RoutingMode,
+    TierStatus,
+)
+from tierserve.controller.backend import AppState, BackendError
+from tierserve.controller.serve_client import ApplicationStatus
 from tierserve.names import INGRESS_DEPLOYMENT, tier_deployment_name
 
-RUNNING = "RUNNING"
-FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
 HEALTHY = "HEALTHY"
+FAILED_APP_STATES = {ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY}
+Reason = ConditionReason
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the reconcile saw: the app's Serve status, or the error that prevented seeing it."""
-
-    app: dict[str, Any] | None = None  # {"status": ..., "message": ..., "deployments": {...}}
-    error_reason: str = ""
-    error_message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def find_condition(status: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    """The condition of `type_` in a ModelTier status ({} when there is none)."""
+    """The condition of `type_` in a ModelTier status as JSON ({} when there is none); for
+    readers of the API server's answers (the demo, the tests)."""
     conditions = (status or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == type_), {})
 
 
+def parse(raw: dict[str, Any] | None) -> ModelTierStatus:
+    """The status as the API server has it; one written by an incompatible operator version
+    counts as none (it is rebuilt, not refused)."""
+    try:
+        return ModelTierStatus.model_validate(raw or {})
+    except ValidationError:
+        return ModelTierStatus()
+
+
+def dump(status: ModelTierStatus) -> dict[str, Any]:
+    """The JSON the operator writes: everything but Kopf's own bookkeeping."""
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"kopf"})
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) taking `old` to `new`: {} when they are equal.
+
+    A merge patch merges objects key by key, so a key that went away must be sent as null."""
+    out: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                out[key] = nested
+        elif value != before or key not in old:
+            out[key] = value
+    return out
+
+
 def condition(
-    type_: str, status: bool, reason: str, message: str, generation: int
-) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
+    type_: ConditionType,
+    ok: bool,
+    reason: ConditionReason,
+    message: str,
+    *,
+    generation: int,
+    previous: ModelTierStatus,
+    now: str,
+) -> Condition:
+    """A condition that keeps its lastTransitionTime while its status holds."""
+    status = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+    old = previous.condition(type_)
+    since = old.last_transition_time if old is not None and old.status == status else None
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since or now,
+        observed_generation=generation,
+    )
 
 
-def merge_conditions(
-    previous: list[dict[str, Any]], new: list[dict[str, Any]], now: str
-) -> list[dict[str, Any]]:
-    """Puts `new` conditions in place of those of the same type, in a stable order.
-
-    A condition keeps its lastTransitionTime while its status holds, and conditions of other
-    types (MetricsAvailable, written by the threshold autoscaler) are kept, so two writers
-    never make each other's next write look like a change.
-    """
-    pending = {c["type"]: c for c in new}
-
-    def stamped(cond: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-        keep = old is not None and old.get("status") == cond["status"]
-        since = old.get("lastTransitionTime") if keep and old else now
-        return {**cond, "lastTransitionTime": since}
-
-    merged = []
-    for old in previous:
-        cond = pending.pop(old.get("type", ""), None)
-        merged.append(stamped(cond, old) if cond else old)
-    merged.extend(stamped(c, None) for c in new if c["type"] in pending)
-    return merged
-
-
-def tier_statuses(mt: ModelTier, app: dict[str, Any] | None) -> list[dict[str, Any]]:
-    deployments = (app or {}).get("deployments") or {}
+def tier_statuses(mt: ModelTier, app: AppState | None) -> list[TierStatus]:
+    deployments = app.deployments if app else {}
     out = []
     for tier in mt.spec.tiers:
-        dep = deployments.get(tier_deployment_name(tier.name)) or {}
-        state = dep.get("status", "")
+        dep = deployments.get(tier_deployment_name(tier.name))
+        state = dep.status if dep else ""
+        message = (dep.message if dep else "") or (state.lower() if state else "not deployed")
         out.append(
-            {
-                "name": tier.name,
-                "ready": state == HEALTHY,
-                "replicas": int(dep.get("replicas", 0) or 0),
-                "message": dep.get("message", "") or (state.lower() if state else "not deployed"),
-            }
+            TierStatus(
+                name=tier.name,
+                ready=state == HEALTHY,
+                replicas=dep.replicas if dep else 0,
+                message=message,
+            )
         )
     return out
 
 
-def compute_status(
-    mt: ModelTier,
-    generation: int,
-    seen: Observation,
-    *,
-    previous: dict[str, Any] | None,
-    now: str,
-    threshold: float,
+def serving_conditions(
+    app: AppState | None,
+    error: BackendError | None,
+    tiers: list[TierStatus],
     application: str,
-) -> dict[str, Any]:
-    """The full status the ModelTier should have after this reconcile."""
-    tiers = tier_statuses(mt, seen.app)
-    app_state = (seen.app or {}).get("status", "")
-    router = ((seen.app or {}).get("deployments") or {}).get(INGRESS_DEPLOYMENT, {})
-    all_ready = bool(tiers) and all(t["ready"] for t in tiers) and router.get("status") == HEALTHY
-    ready_count = sum(t["ready"] for t in tiers)
-
-    if seen.error_reason:
-        degraded = (True, seen.error_reason, seen.error_message)
-    elif app_state in FAILED_APP_STATES:
-        message = (seen.app or {}).get("message") or f"Serve application is {app_state}"
-        degraded = (True, "ApplicationFailed", _one_line(message))
+) -> list[tuple[ConditionType, bool, ConditionReason, str]]:
+    """Ready, Progressing and Degraded from Serve's report or the backend's error."""
+    state = app.status if app else ""
+    router = app.deployments.get(INGRESS_DEPLOYMENT) if app else None
+    ready_count = sum(t.ready for t in tiers)
+    counted = f"{ready_count}/{len(tiers)} tiers ready"
+    if error is not None:
+        degraded = (True, error.reason, str(error))
+    elif app is not None and state in FAILED_APP_STATES:
+        message = _one_line(app.message) or f"Serve application is {state}"
+        degraded = (True, Reason.APPLICATION_FAILED, message)
     else:
-        degraded = (False, "AsExpected", "no errors")
+        degraded = (False, Reason.AS_EXPECTED, "no errors")
 
-    ready = app_state == RUNNING and all_ready and not seen.error_reason
-    if ready:
-        progressing = (False, "Deployed", "all tiers and the router are serving")
-        ready_cond = (True, "Serving", f"{ready_count}/{len(tiers)} tiers ready")
+    all_ready = ready_count == len(tiers) > 0 and router is not None and router.status == HEALTHY
+    if error is None and state == ApplicationStatus.RUNNING and all_ready:
+        ready = (True, Reason.SERVING, counted)
+        progressing = (False, Reason.DEPLOYED, "all tiers and the router are serving")
     elif degraded[0]:
-        progressing = (False, "Blocked", "waiting for the error to be fixed")
-        ready_cond = (False, degraded[1], degraded[2])
+        ready = (False, degraded[1], degraded[2])
+        progressing = (False, Reason.BLOCKED, "waiting for the error to be fixed")
     else:
-        waiting = app_state or "not yet reported"
-        progressing = (True, "Deploying", f"Serve application {application} is {waiting}")
-        ready_cond = (False, "Deploying", f"{ready_count}/{len(tiers)} tiers ready")
-
-    conditions = [
-        condition("Ready", *ready_cond, generation),
-        condition("Progressing", *progressing, generation),
-        condition("Degraded", *degraded, generation),
+        waiting = state or "not yet reported"
+        ready = (False, Reason.DEPLOYING, counted)
+        progressing = (True, Reason.DEPLOYING, f"Serve application {application} is {waiting}")
+    return [
+        (ConditionType.READY, *ready),
+        (ConditionType.PROGRESSING, *progressing),
+        (ConditionType.DEGRADED, *degraded),
     ]
-    previous = previous or {}
-    return {
-        "observedGeneration": generation,
-        "conditions": merge_conditions(previous.get("conditions") or [], conditions, now),
-        "tiers": tiers,
-        "ready": f"{ready_count}/{len(tiers)}",
-        "tierNames": ",".join(t.name for t in mt.spec.tiers),
-        "application": application,
-        "escalation": {
-            **(previous.get("escalation") or {}),
-            "threshold": threshold,
-        },
-    }
+
+
+def invalid_conditions(message: str) -> list[tuple[ConditionType, bool, ConditionReason, str]]:
+    """The spec does not parse: nothing can be deployed until it is fixed."""
+    return [
+        (ConditionType.READY, False, Reason.INVALID_SPEC, message),
+        (ConditionType.PROGRESSING, False, Reason.INVALID_SPEC, message),
+        (ConditionType.DEGRADED, True, Reason.INVALID_SPEC, message),
+    ]
+
+
+def degraded_reason(status: ModelTierStatus) -> str:
+    """The reason of a Degraded=True condition, "" when not degraded."""
+    cond = status.condition(ConditionType.DEGRADED)
+    return cond.reason if cond is not None and cond.status == ConditionStatus.TRUE else ""
+
+
+def modelled_cost_factor(mt: ModelTier, escalation_rate: float | None) -> float | None:
+    """All-top-tier cost / modelled cost at the realized escalation rate (two-rung view)."""
+    if escalation_rate is None or len(mt.spec.tiers) < 2:
+        return None
+    costs = cost.tier_costs(mt.spec)
+    shares = cost.kept_small_shares(len(costs), 1.0 - min(max(escalation_rate, 0.0), 1.0))
+    cascading = mt.spec.routing.mode in (RoutingMode.CASCADE, RoutingMode.HYBRID)
+    return round(cost.reduction(costs, shares, "cascade" if cascading else "upfront"), 3)
 
 
 def _one_line(text: str, limit: int = 400) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def status_changed(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """True when writing `desired` would change something: a no-op reconcile writes nothing."""
-    current = current or {}
-    return any(current.get(k) != v for k, v in desired.items())

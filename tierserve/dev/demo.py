@@ -36,7 +36,7 @@ from tierserve.dev import controlplane
 from tierserve.dev.local import interrupt_on_sigterm, uninterrupted
 from tierserve.dev.local_models import ServeError
 from tierserve.dev.operator_run import start_operator
-from tierserve.dev.proc import ComponentError, Process, cache_dir, require_free_port
+from tierserve.dev.proc import ComponentError, Process, cache_dir, require_free_port, wait_until
 from tierserve.dev.prometheus import Prometheus, start_prometheus
 from tierserve.dev.ray_local import RayHead, start_ray_head
 from tierserve.dev.tiered import serve_on_loopback, tiny_modeltier
@@ -109,10 +109,19 @@ class Kubectl:
 
 def install_crd(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "-f", "-", input=render_yaml())
-    deadline = time.monotonic() + 60
-    while kubectl("get", "modeltiers", "-A", check=False) == "" and time.monotonic() < deadline:
-        time.sleep(0.5)  # discovery: the CRD is Established a moment after the apply
-    kubectl("get", "modeltiers", "-A")
+
+    def served() -> bool:
+        kubectl("get", "modeltiers", "-A")  # fails until discovery serves the new type
+        return True
+
+    wait_until(
+        served,
+        timeout=60,
+        component="kubectl",
+        what="serving modeltiers (the CRD is Established a moment after the apply)",
+        interval=0.5,
+        retry=(ComponentError,),
+    )
     kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace_doc()))
 
 
@@ -122,9 +131,11 @@ def namespace_doc() -> dict[str, Any]:
 
 def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
     """Until Ready, printing the operator's own progress messages; Degraded fails at once."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
     last = ""
-    while time.monotonic() < deadline:
+
+    def ready() -> dict[str, Any]:
+        """The status once Ready; {} (not yet) otherwise."""
+        nonlocal last
         if not operator.alive():
             raise ComponentError("operator", "exited", operator.log)
         status = kubectl.status()
@@ -142,23 +153,41 @@ def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
         if line != last:
             say(line)
             last = line
-        time.sleep(2)
-    raise ComponentError("ModelTier", f"not Ready after {READY_TIMEOUT_S:.0f}s", operator.log)
+        return {}
+
+    return wait_until(
+        ready,
+        timeout=READY_TIMEOUT_S,
+        component="ModelTier",
+        what="Ready",
+        log=operator.log,
+        interval=2,
+        retry=(),
+    )
+
+
+MIN_REQUESTS = 40  # enough answers for the escalation share and the summary to mean something
+MAX_TRAFFIC_S = 300.0  # the bound on waiting for the autoscaler to act, printed with the traffic
 
 
 def traffic(
-    base_url: str, prompts: list[dict[str, str]], seconds: float, on_tick: Callable[[], None]
+    base_url: str,
+    prompts: list[dict[str, str]],
+    done: Callable[[float, int], bool],
+    on_tick: Callable[[], None],
 ) -> dict[str, Any]:
-    """Two clients loop over held-out sums for `seconds`; `on_tick` runs every 2 s meanwhile."""
+    """Two clients loop over held-out sums until `done(elapsed, requests)` says stop (checked,
+    with `on_tick`, every 2 s). The caller bounds `done`; a request is at most 120 s more."""
     served: dict[str, int] = {}
     tally = {"requests": 0, "correct": 0, "escalated": 0, "errors": 0}
     lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
+    stop = threading.Event()
+    started = time.monotonic()
 
     def client(offset: int) -> None:
         i = offset
         with httpx.Client(timeout=120) as http:
-            while time.monotonic() < stop_at:
+            while not stop.is_set():
                 example = prompts[i % len(prompts)]
                 i += 2
                 r = http.post(
@@ -178,12 +207,19 @@ def traffic(
 
     with futures.ThreadPoolExecutor(2) as pool:
         running = [pool.submit(client, k) for k in range(2)]
-        while not all(f.done() for f in running):
-            on_tick()
-            time.sleep(2)
+        try:
+            while not all(f.done() for f in running):
+                on_tick()
+                with lock:
+                    requests = tally["requests"]
+                if done(time.monotonic() - started, requests):
+                    stop.set()
+                time.sleep(2)
+        finally:
+            stop.set()
         for f in running:
             f.result()
-    return {**tally, "served": served}
+    return {**tally, "served": served, "seconds": round(time.monotonic() - started)}
 
 
 def demo(port: int = 8000, seconds: float = 60.0) -> int:
@@ -235,19 +271,31 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
 
         base = f"http://127.0.0.1:{port}/v1"
         prompts = read_heldout(models.heldout)
-        say(f"==> traffic: {seconds:.0f}s of held-out sums from 2 clients; budget {BUDGET:.0%}")
-        seen = {"threshold": 0.5}
+        spec_threshold = ModelTier.model_validate(doc).spec.routing.escalation.threshold
+        say(
+            f"==> traffic: held-out sums from 2 clients; budget {BUDGET:.0%}. It runs at least "
+            f"{seconds:.0f}s and {MIN_REQUESTS} requests, then until the operator has moved the "
+            f"threshold, at most {max(seconds, MAX_TRAFFIC_S):.0f}s"
+        )
+        moves: list[str] = []
+        seen = {"threshold": spec_threshold}
 
         def show_moves() -> None:
             esc = k.status().get("escalation") or {}
             threshold = esc.get("threshold")
             if threshold is not None and threshold != seen["threshold"]:
-                say(f"    threshold {seen['threshold']:g} -> {threshold:g}: {esc.get('reason')}")
+                move = f"{seen['threshold']:g} -> {threshold:g}: {esc.get('reason')}"
+                say(f"    threshold {move}")
+                moves.append(move)
                 seen["threshold"] = threshold
 
-        tally = traffic(base, prompts, seconds, show_moves)
+        def done(elapsed: float, requests: int) -> bool:
+            enough = elapsed >= seconds and requests >= MIN_REQUESTS and bool(moves)
+            return enough or elapsed >= max(seconds, MAX_TRAFFIC_S)
+
+        tally = traffic(base, prompts, done, show_moves)
         show_moves()
-        summary(kubectl, ModelTier.model_validate(doc), tally)
+        summary(kubectl, ModelTier.model_validate(doc), {**tally, "moves": moves})
         say("")
         say(f"Serving ModelTier '{NAME}' at {base} (OpenAI API). Try:")
         say(
@@ -283,13 +331,20 @@ def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
     status = kubectl.status()
     esc = status.get("escalation") or {}
     n = max(tally["requests"], 1)
-    say(f"==> summary ({tally['requests']} requests, {tally['errors']} errors)")
+    say(
+        f"==> summary ({tally['requests']} requests, {tally['errors']} errors, "
+        f"{tally['seconds']}s of traffic)"
+    )
     say(f"    served by tier: {tally['served']}")
     say(f"    escalated: {tally['escalated'] / n:.0%}   accuracy: {tally['correct'] / n:.0%}")
     say(
         f"    live threshold: {esc.get('threshold', mt.spec.routing.escalation.threshold)} "
         f"(spec {mt.spec.routing.escalation.threshold}); last change: {esc.get('reason', '-')}"
     )
+    moves = tally.get("moves") or []
+    say(f"    threshold moves during the traffic: {len(moves)}")
+    for move in moves:
+        say(f"      {move}")
     metrics = find_condition(status, "MetricsAvailable")
     say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
     reduction = status.get("modelledCostFactor")
@@ -303,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`tierserve demo [--port 8000] [--seconds 60]`."""
     parser = argparse.ArgumentParser(prog="tierserve demo", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="OpenAI endpoint port (127.0.0.1)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long traffic runs")
+    parser.add_argument("--seconds", type=float, default=60.0, help="least traffic time")
     args = parser.parse_args(argv)
     return demo(args.port, args.seconds)
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tierserve.controller.serve_client import ApplicationConfig, ServeAPIError, ServeClient
+
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
     from ray.serve.llm import LLMConfig
@@ -109,46 +111,8 @@ def serve_config(
 
 def application_details(dashboard_url: str, app_name: str = APP_NAME) -> dict[str, Any]:
     """The application's entry in the Serve REST API ({} when it is not listed)."""
-    return dict((_serve_details(dashboard_url).get("applications") or {}).get(app_name) or {})
-
-
-def _serve_details(dashboard_url: str) -> dict[str, Any]:
-    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10.0)
-    r.raise_for_status()
-    return dict(r.json())
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
-
-
-def _other_apps(details: dict[str, Any], app_name: str) -> list[dict[str, Any]]:
-    """The declarative configs of the cluster's other applications, to keep them on a PUT.
-
-    The REST API's PUT replaces the whole set of applications; applications deployed
-    imperatively (serve.run) have no config to keep and would be removed."""
-    apps = details.get("applications") or {}
-    return [
-        _without_nulls(app["deployed_app_config"])
-        for name, app in sorted(apps.items())
-        if name != app_name and app.get("deployed_app_config")
-    ]
-
-
-def _put(dashboard_url: str, config: dict[str, Any]) -> None:
-    try:
-        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=120.0)
-    except httpx.HTTPError as exc:
-        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
-    if r.status_code != 200:
-        raise ServeError(
-            f"{COMPONENT}: PUT /api/serve/applications/ returned {r.status_code}: "
-            f"{_one_line(r.text)}"
-        )
+    app = ServeClient(dashboard_url).details().applications.get(app_name)
+    return app.model_dump(mode="json") if app else {}
 
 
 def _summary(app: dict[str, Any]) -> str:
@@ -190,16 +154,19 @@ def deploy(
             raise ServeError(
                 f"{COMPONENT}: model {model_id!r}: no model at {path} (no config.json)"
             )
-    try:
-        others = _other_apps(_serve_details(dashboard_url), app_name)
-    except httpx.HTTPError as exc:
-        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
     config = serve_config(models, http_port=http_port, app_name=app_name, route_prefix=route_prefix)
-    config["applications"] = [*others, *config["applications"]]
-    _put(dashboard_url, config)
+    serve = ServeClient(dashboard_url, timeout=120.0)
+    try:  # keeps the cluster's other declarative applications (a PUT replaces them all)
+        serve.deploy(
+            ApplicationConfig.model_validate(config["applications"][0]),
+            http_options=config["http_options"],
+            proxy_location=config["proxy_location"],
+        )
+    except ServeAPIError as exc:
+        raise ServeError(f"{COMPONENT}: {exc}") from exc
     try:
-        running_port = int((_serve_details(dashboard_url).get("http_options") or {})["port"])
-    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        running_port = int((serve.details().http_options or {})["port"])
+    except (ServeAPIError, KeyError, TypeError, ValueError):
         running_port = http_port
     base = f"http://127.0.0.1:{running_port}{route_prefix.rstrip('/')}"
     say = progress or (lambda _msg: None)
@@ -210,8 +177,8 @@ def deploy(
         app: dict[str, Any] = {}
         try:
             app = application_details(dashboard_url, app_name)
-        except httpx.HTTPError as exc:
-            app = {"status": "UNKNOWN", "message": f"dashboard unreachable: {exc}"}
+        except ServeAPIError as exc:
+            app = {"status": "UNKNOWN", "message": str(exc)}
         status = str(app.get("status") or "")
         if status == "DEPLOY_FAILED":
             raise ServeError(f"{COMPONENT}: application {app_name} failed: {_failure(app)}")
@@ -235,29 +202,18 @@ def deploy(
 
 def undeploy(dashboard_url: str, app_name: str = APP_NAME, timeout: float = 120.0) -> None:
     """Removes application `app_name`, keeping the cluster's other declaratively deployed
-    applications; when none is left, shuts Serve down (DELETE /api/serve/applications/)."""
+    applications; when none is left, shuts Serve down (the REST API's DELETE)."""
+    serve = ServeClient(dashboard_url, timeout=timeout)
     try:
-        details = _serve_details(dashboard_url)
-        if app_name not in (details.get("applications") or {}):
+        details = serve.details()
+        if app_name not in details.applications:
             return
-        others = _other_apps(details, app_name)
-        if others:
-            http = details.get("http_options") or {}
-            config = {
-                "proxy_location": details.get("proxy_location") or "HeadOnly",
-                "http_options": {"host": http.get("host", "127.0.0.1"), "port": http.get("port")},
-                "applications": others,
-            }
-            _put(dashboard_url, _without_nulls(config))
-            return
-        r = httpx.delete(f"{dashboard_url}/api/serve/applications/", timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ServeError(f"{COMPONENT}: dashboard {dashboard_url} unreachable: {exc}") from exc
-    if r.status_code != 200:
-        raise ServeError(
-            f"{COMPONENT}: DELETE /api/serve/applications/ returned {r.status_code}: "
-            f"{_one_line(r.text)}"
-        )
+        if details.configs().keys() - {app_name}:
+            serve.remove(app_name, details)
+        else:
+            serve.shutdown()
+    except ServeAPIError as exc:
+        raise ServeError(f"{COMPONENT}: {exc}") from exc
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

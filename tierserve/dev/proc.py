@@ -7,14 +7,18 @@ failure always says what failed and where its log is, and no wait is unbounded.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -43,6 +47,10 @@ class ComponentError(RuntimeError):
         self.log = log
 
 
+class WaitTimeout(ComponentError):
+    """A bounded wait ran out: what it waited for did not happen in time."""
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -61,28 +69,72 @@ def require_free_port(component: str, port: int) -> None:
 
 
 def wait_until(
-    check: Callable[[], bool],
+    check: Callable[[], T],
     *,
     timeout: float,
     component: str,
     what: str,
     log: Path | str | None = None,
-    proc: subprocess.Popen[bytes] | None = None,
+    proc: subprocess.Popen[Any] | None = None,
     interval: float = 0.25,
-) -> None:
-    """Polls `check` until it is true; fails fast if `proc` exits, and after `timeout` seconds."""
+    retry: tuple[type[Exception], ...] = (Exception,),
+) -> T:
+    """Polls `check` until it returns something truthy, and returns that.
+
+    The one bounded wait of the dev harness and the tests, so that no wait can hang and every
+    failure is one line saying what was awaited: "<component>: not <what> after <timeout>s"
+    (a WaitTimeout),
+    or at once "<component>: exited with code N before <what>" if `proc` exits. Exceptions of
+    the `retry` types count as "not yet" (the last one is named in the timeout's message and
+    chained to it); others propagate at once.
+    """
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while True:
-        with contextlib.suppress(Exception):
-            if check():
-                return
+        try:
+            value = check()
+        except retry as exc:
+            last_error = exc
+        else:
+            if value:
+                return value
         if proc is not None and proc.poll() is not None:
             raise ComponentError(
                 component, f"exited with code {proc.returncode} before {what}", log
-            )
+            ) from last_error
         if time.monotonic() > deadline:
-            raise ComponentError(component, f"not {what} after {timeout:.0f}s", log)
+            late = f"not {what} after {timeout:.0f}s{describe_error(last_error)}"
+            raise WaitTimeout(component, late, log) from last_error
         time.sleep(interval)
+
+
+def describe_error(error: BaseException | None) -> str:
+    """` (last error: ...)` on one line, or nothing: what a timed-out wait last ran into."""
+    if error is None:
+        return ""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return f" (last error: {text[:300]})"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, component: str, what: str) -> Iterator[None]:
+    """An exclusive lock on `path` across processes (a build or training that another process
+    may be doing), waited for at most `timeout` seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+
+        def locked() -> bool:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        wait_until(locked, timeout=timeout, component=component, what=what, interval=1.0, retry=())
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass

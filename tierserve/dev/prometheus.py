@@ -77,21 +77,15 @@ class Prometheus:
         return list(body["data"]["result"])
 
     def wait_for_series(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-
-        def has_series() -> bool:
-            found[:] = self.query(promql)
-            return bool(found)
-
-        wait_until(
-            has_series,
+        """The first non-empty result of `promql`, waited for (bounded)."""
+        return wait_until(
+            lambda: self.query(promql),
             timeout=timeout,
             component=COMPONENT,
             what=f"returning series for {promql!r}",
             log=self.process.log,
             proc=self.process.popen,
         )
-        return found
 
     def set_targets(self, targets: Mapping[str, Sequence[str]], interval: str = "1s") -> None:
         """Rewrites the scrape config and reloads it (needs --web.enable-lifecycle)."""

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from tierserve.controller.serve_client import ServeClient
 from tierserve.dev.proc import (
     ComponentError,
     Process,
+    WaitTimeout,
     logs_dir,
     start,
     wait_until,
@@ -156,25 +156,35 @@ def _head_pids(leader: int | None, temp_dir: str) -> set[int]:
     return {pid for pid in found if pid in stats}
 
 
-def _kill_all(pids: set[int], timeout: float) -> None:
-    def alive(pid: int) -> bool:
-        s = _stat(pid)
-        if s is None:
-            return False
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state != "Z"
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
+
+def _signal_and_wait(pids: set[int], sig: signal.Signals, timeout: float) -> set[int]:
+    """Sends `sig` to `pids` and waits (bounded) for them to go; returns those still running."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    with contextlib.suppress(WaitTimeout):  # the caller decides what the survivors get
+        wait_until(
+            lambda: not any(_running(p) for p in pids),
+            timeout=timeout,
+            component=COMPONENT,
+            what=f"stopped by {sig.name}",
+            interval=0.2,
+        )
+    return {p for p in pids if _running(p)}
+
+
+def _kill_all(pids: set[int], timeout: float) -> None:
+    """SIGTERM, then SIGKILL for what is left after `timeout`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.2)
-        pids = {p for p in pids if alive(p)}
+        pids = _signal_and_wait(pids, sig, timeout)
         if not pids:
             return
 
@@ -266,8 +276,8 @@ def start_ray_head(
     )
 
     def serve_api_up() -> bool:
-        r = httpx.get(f"{head.dashboard_url}/api/serve/applications/", timeout=5.0)
-        return r.status_code == 200
+        ServeClient(head.dashboard_url, timeout=5.0).details()  # raises until it answers
+        return True
 
     try:
         wait_until(

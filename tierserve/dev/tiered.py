@@ -14,9 +14,14 @@ import httpx
 
 from tierserve.api.v1alpha1 import ModelTier
 from tierserve.build import render
-from tierserve.controller.external import ServeREST
+from tierserve.controller.serve_client import (
+    ApplicationConfig,
+    DeployConfig,
+    ServeAPIError,
+    ServeClient,
+)
 from tierserve.dev.proc import ComponentError
-from tierserve.serving.routing import config_hash
+from tierserve.serving.config import config_hash
 
 CPU_ENGINE_ARGS = {
     "enforce_eager": True,
@@ -71,22 +76,22 @@ class TieredApp:
     def __init__(self, doc: dict[str, Any], serve_url: str):
         self.doc = copy.deepcopy(doc)
         self.mt = ModelTier.model_validate(self.doc)
-        self.serve = ServeREST(str(self.mt.spec.ray.dashboard_url), timeout=60)
+        self.serve = ServeClient(str(self.mt.spec.ray.dashboard_url), timeout=60)
         self.name = render.app_name(self.mt.metadata["namespace"], self.mt.metadata["name"])
         self.base_url = f"{serve_url.rstrip('/')}{self.mt.spec.ray.route_prefix.rstrip('/')}/v1"
         self.model = self.mt.metadata["name"]
 
     def deploy(self, timeout: float = 900.0, progress: Any = None) -> None:
-        self.serve.apply(render.serve_application(self.mt))
+        self.serve.deploy(ApplicationConfig.model_validate(render.serve_application(self.mt)))
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            app = (self.serve.status().get("applications") or {}).get(self.name) or {}
-            state = app.get("status", "")
+            app = self.serve.details().applications.get(self.name)
+            state = app.status if app else ""
             if state == "RUNNING":
                 return
             if state in ("DEPLOY_FAILED", "UNHEALTHY"):
-                message = " ".join(str(app.get("message", "")).split())[:500]
+                message = " ".join(str(app.message if app else "").split())[:500]
                 raise ComponentError("serve application", f"{self.name} is {state}: {message}")
             if progress and state != last:
                 progress(f"==> {self.name}: {state or 'submitted'}")
@@ -103,9 +108,9 @@ class TieredApp:
             else:
                 spec_routing[key] = value
         self.mt = ModelTier.model_validate(self.doc)
-        app = render.serve_application(self.mt)
-        self.serve.apply(app)
-        want = config_hash(app["deployments"][0]["user_config"])
+        app = ApplicationConfig.model_validate(render.serve_application(self.mt))
+        self.serve.deploy(app)
+        want = config_hash(app.deployments[0].user_config or {})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -133,14 +138,12 @@ def serve_on_loopback(dashboard_url: str, port: int) -> None:
     The proxy belongs to the cluster, not to an app, and its address is fixed once Serve has
     started, so this only acts on a fresh cluster (and never touches running applications).
     """
-    apps_url = f"{dashboard_url}/api/serve/applications/"
-    current = httpx.get(apps_url, timeout=30).json()
-    if current.get("applications") or (current.get("http_options") or {}).get("port") == port:
+    serve = ServeClient(dashboard_url, timeout=120)
+    current = serve.details()
+    if current.applications or (current.http_options or {}).get("port") == port:
         return
-    r = httpx.put(
-        apps_url,
-        json={"http_options": {"host": "127.0.0.1", "port": port}, "applications": []},
-        timeout=120,
-    )
-    if r.status_code != 200:
-        raise ComponentError("serve", f"could not start the HTTP proxy: {r.status_code} {r.text}")
+    http_options = {"host": "127.0.0.1", "port": port}
+    try:
+        serve.put(DeployConfig(applications=[], http_options=http_options))
+    except ServeAPIError as exc:
+        raise ComponentError("serve", f"could not start the HTTP proxy: {exc}") from exc

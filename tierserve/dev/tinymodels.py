@@ -19,9 +19,7 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -29,12 +27,12 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierserve.dev.proc import ComponentError, cache_dir, logs_dir, start
+from tierserve.dev.proc import ComponentError, cache_dir, file_lock, logs_dir, start, wait_until
 
 COMPONENT = "tiny models"
 
@@ -266,17 +264,6 @@ def model_key(params: Params = Params()) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _load(root: Path) -> TinyModels:
     meta = json.loads((root / "meta.json").read_text())
     return TinyModels(
@@ -311,7 +298,9 @@ def ensure_models(
         return _load(root)
     log_path = logs_dir() / f"tinymodels-{key}.log"
     say = progress or (lambda _msg: None)
-    with _lock(models_root / f"{key}.lock"):
+    lock = models_root / f"{key}.lock"
+    # Another process training the same models holds the lock for at most `timeout` too.
+    with file_lock(lock, timeout=timeout, component=COMPONENT, what=f"able to lock {lock}"):
         if (root / MARKER).exists():  # made by another process while we waited
             return _load(root)
         _generate_in_child(params, root, log_path, say, timeout)
@@ -341,23 +330,31 @@ def _generate_in_child(
         "TOKENIZERS_PARALLELISM": "false",
     }
     child = start(COMPONENT, argv, log=log_path, env=env)
-    deadline = time.monotonic() + timeout
-    seen = 0
+    lines: list[str] = []
+
+    def exited() -> bool:
+        """Relays the child's progress lines; true once it has exited."""
+        code = child.popen.poll()  # before reading: the log is complete once it has exited
+        seen = len(lines)
+        lines[:] = log_path.read_text(errors="replace").splitlines()
+        for line in lines[seen:]:
+            if line.startswith(PROGRESS):
+                say(line[len(PROGRESS) :])
+        return code is not None
+
     try:
-        while True:
-            lines = log_path.read_text(errors="replace").splitlines()
-            for line in lines[seen:]:
-                if line.startswith(PROGRESS):
-                    say(line[len(PROGRESS) :])
-            seen = len(lines)
-            code = child.popen.poll()
-            if code is not None:
-                break
-            if time.monotonic() > deadline:
-                raise ComponentError(COMPONENT, f"not trained after {timeout:.0f}s", log_path)
-            time.sleep(0.5)
+        wait_until(
+            exited,
+            timeout=timeout,
+            component=COMPONENT,
+            what="trained",
+            log=log_path,
+            interval=0.5,
+            retry=(),
+        )
     finally:
         child.stop()
+    code = child.popen.returncode
     if code != 0 or not (root / MARKER).exists():
         last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
         raise ComponentError(

@@ -1,16 +1,17 @@
-"""The router's Prometheus metrics (names in docs/metrics.md).
+"""The ingress's Prometheus metrics (names in docs/metrics.md).
 
 They are Ray Serve application metrics, so Ray's metrics agent exports them (with a `ray_`
-prefix) next to Serve's and vLLM's own, from every router replica, with no extra endpoint.
+prefix) next to Serve's and vLLM's own, from every ingress replica, with no extra endpoint.
+Where they go is a `MetricSink`: Ray's by default; tests pass a `MemorySink` and read the values
+back, with no Ray running.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from ray.serve import metrics
+from ray.serve import metrics as serve_metrics
 
 LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]
 CONFIDENCE_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -21,57 +22,155 @@ def _keys(*names: str) -> Any:
     return names
 
 
-class RouterMetrics:
-    def __init__(self, model_tier: str):
+class Counter(Protocol):
+    def inc(self, value: float, tags: dict[str, str]) -> Any: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float, tags: dict[str, str]) -> Any: ...
+
+
+class Gauge(Protocol):
+    def set(self, value: float, tags: dict[str, str]) -> Any: ...
+
+
+class MetricSink(Protocol):
+    """Makes the metric objects, with `ray.serve.metrics`' constructor arguments."""
+
+    def counter(self, name: str, description: str, tag_keys: Any) -> Counter: ...
+
+    def histogram(
+        self, name: str, description: str, boundaries: list[float], tag_keys: Any
+    ) -> Histogram: ...
+
+    def gauge(self, name: str, description: str, tag_keys: Any) -> Gauge: ...
+
+
+class RaySink:
+    """Ray Serve application metrics, exported by Ray's metrics agent."""
+
+    def counter(self, name: str, description: str, tag_keys: Any) -> Counter:
+        return serve_metrics.Counter(name, description, tag_keys)
+
+    def histogram(
+        self, name: str, description: str, boundaries: list[float], tag_keys: Any
+    ) -> Histogram:
+        return serve_metrics.Histogram(name, description, boundaries, tag_keys)
+
+    def gauge(self, name: str, description: str, tag_keys: Any) -> Gauge:
+        return serve_metrics.Gauge(name, description, tag_keys)
+
+
+Tags = tuple[tuple[str, str], ...]
+
+
+class _Recorded:
+    def __init__(self, sink: MemorySink, name: str, tag_keys: Sequence[str]):
+        self.sink, self.name, self.tag_keys = sink, name, set(tag_keys)
+        sink.declared[name] = tuple(tag_keys)
+
+    def _key(self, tags: dict[str, str]) -> Tags:
+        if set(tags) != self.tag_keys:  # as strict as Ray: every declared label, no other
+            raise ValueError(f"{self.name}: labels {sorted(tags)} != {sorted(self.tag_keys)}")
+        return tuple(sorted(tags.items()))
+
+    def inc(self, value: float, tags: dict[str, str]) -> None:
+        key = (self.name, self._key(tags))
+        self.sink.values[key] = self.sink.values.get(key, 0.0) + value
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        self.sink.values[(self.name, self._key(tags))] = value
+
+    def observe(self, value: float, tags: dict[str, str]) -> None:
+        self.sink.observed.setdefault((self.name, self._key(tags)), []).append(value)
+
+
+class MemorySink:
+    """Keeps every value in memory (counters summed, gauges last, histograms as lists)."""
+
+    def __init__(self) -> None:
+        self.declared: dict[str, tuple[str, ...]] = {}
+        self.values: dict[tuple[str, Tags], float] = {}
+        self.observed: dict[tuple[str, Tags], list[float]] = {}
+
+    def counter(self, name: str, description: str, tag_keys: Any) -> Counter:
+        return _Recorded(self, name, tag_keys)
+
+    def histogram(
+        self, name: str, description: str, boundaries: list[float], tag_keys: Any
+    ) -> Histogram:
+        return _Recorded(self, name, tag_keys)
+
+    def gauge(self, name: str, description: str, tag_keys: Any) -> Gauge:
+        return _Recorded(self, name, tag_keys)
+
+    def get(self, name: str, **tags: str) -> float:
+        """Sum over the series of `name` whose labels include `tags`."""
+        return sum(
+            v for (n, key), v in self.values.items() if n == name and set(tags.items()) <= set(key)
+        )
+
+    def samples(self, name: str, **tags: str) -> Sequence[float]:
+        return [
+            v
+            for (n, key), vs in self.observed.items()
+            if n == name and set(tags.items()) <= set(key)
+            for v in vs
+        ]
+
+
+class IngressMetrics:
+    def __init__(self, model_tier: str, sink: MetricSink | None = None):
+        metrics = sink or RaySink()
         self.tags = {"modeltier": model_tier}
-        self._requests = metrics.Counter(
+        self._requests = metrics.counter(
             "tierserve_requests",
             "Requests answered, by tier.",
             _keys("modeltier", "tier", "mode", "outcome"),
         )
-        self._tokens = metrics.Counter(
+        self._tokens = metrics.counter(
             "tierserve_tokens",
             "Prompt and completion tokens, by tier.",
             _keys("modeltier", "tier", "kind"),
         )
-        self._escalations = metrics.Counter(
+        self._escalations = metrics.counter(
             "tierserve_escalations",
             "Escalations up the ladder, by reason.",
             _keys("modeltier", "from_tier", "to_tier", "reason"),
         )
-        self._confidence = metrics.Histogram(
+        self._confidence = metrics.histogram(
             "tierserve_confidence",
             "Confidence scores cascade decisions were made on.",
             CONFIDENCE_BUCKETS,
             _keys("modeltier", "tier"),
         )
-        self._decision = metrics.Histogram(
+        self._decision = metrics.histogram(
             "tierserve_routing_decision_seconds",
             "Time spent deciding where a request goes (excludes generation).",
             LATENCY_BUCKETS,
             _keys("modeltier"),
         )
-        self._fallbacks = metrics.Counter(
+        self._fallbacks = metrics.counter(
             "tierserve_fallbacks",
             "Requests moved off a failing tier.",
             _keys("modeltier", "from_tier", "to_tier", "reason"),
         )
-        self._shadow = metrics.Counter(
+        self._shadow = metrics.counter(
             "tierserve_shadow_evaluations",
             "Lower-tier answers compared with the top tier's.",
             _keys("modeltier", "tier", "agreed"),
         )
-        self._in_flight = metrics.Gauge(
+        self._in_flight = metrics.gauge(
             "tierserve_in_flight_requests",
             "Requests in progress, by tier.",
             _keys("modeltier", "tier"),
         )
-        self._gpu_seconds = metrics.Counter(
+        self._gpu_seconds = metrics.counter(
             "tierserve_gpu_seconds",
             "Request seconds times GPUs per replica, for cost accounting.",
             _keys("modeltier", "tier"),
         )
-        self._threshold = metrics.Gauge(
+        self._threshold = metrics.gauge(
             "tierserve_escalation_threshold",
             "The threshold the router uses now.",
             _keys("modeltier"),
@@ -110,12 +209,7 @@ class RouterMetrics:
     def threshold(self, value: float) -> None:
         self._threshold.set(value, self._t())
 
-    @contextlib.contextmanager
-    def in_flight(self, tier: str) -> Iterator[None]:
-        self._active[tier] = self._active.get(tier, 0) + 1
+    def in_flight(self, tier: str, change: int) -> None:
+        """A call to `tier` started (+1) or ended (-1)."""
+        self._active[tier] = self._active.get(tier, 0) + change
         self._in_flight.set(self._active[tier], self._t(tier=tier))
-        try:
-            yield
-        finally:
-            self._active[tier] -= 1
-            self._in_flight.set(self._active[tier], self._t(tier=tier))

@@ -1,4 +1,7 @@
-"""Routing decisions: pure, fast functions of the router's config and what a tier returned.
+"""Routing decisions: pure, fast functions of the ingress's config and what a tier returned.
+
+The cascade engine (`tierserve.serving.cascade`) does the I/O and calls these to decide; they
+take no clock (`now` is passed in) and no randomness, so each rule has its own unit test.
 
 One meaning of the threshold everywhere: a request goes up a rung when its escalation score is
 above the threshold, so a higher threshold always means fewer escalations. In cascade mode the
@@ -7,73 +10,16 @@ score is the lower tier's uncertainty, 1 - confidence.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from tierserve.api.v1alpha1 import Fallback, RoutingMode
+from tierserve.serving.config import IngressConfig
+from tierserve.serving.errors import ModelNotFound
+
 TIER_SEPARATOR = ":"
-
-
-@dataclass(frozen=True)
-class TierRef:
-    name: str
-    model_id: str
-    gpus: int = 0
-
-
-@dataclass(frozen=True)
-class ForceRule:
-    name: str
-    pattern: re.Pattern[str] | None
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """The router's `user_config`, parsed once per reconfigure (never per request)."""
-
-    model_tier: str
-    tiers: tuple[TierRef, ...]
-    mode: str = "cascade"
-    threshold: float = 0.5
-    confidence: str = "minTokenProb"
-    early_decision_tokens: int = 8
-    fallback: str = "nextTier"
-    request_timeout_seconds: float = 60.0
-    force_rules: tuple[ForceRule, ...] = field(default_factory=tuple)
-    shadow_sample_rate: float = 0.0
-    scorer: dict[str, Any] = field(default_factory=lambda: {"type": "heuristic"})
-    hybrid_margin: float = 0.15
-
-    @classmethod
-    def from_user_config(cls, cfg: dict[str, Any]) -> RouterConfig:
-        cascade = cfg.get("cascade") or {}
-        return cls(
-            model_tier=str(cfg["modelTier"]),
-            tiers=tuple(
-                TierRef(t["name"], t.get("modelId") or t["name"], int(t.get("gpus") or 0))
-                for t in cfg["tiers"]
-            ),
-            mode=str(cfg.get("mode", "cascade")),
-            threshold=float(cfg.get("threshold", 0.5)),
-            confidence=str(cascade.get("confidence", "minTokenProb")),
-            early_decision_tokens=int(cascade.get("earlyDecisionTokens", 8)),
-            fallback=str(cfg.get("fallback", "nextTier")),
-            request_timeout_seconds=float(cfg.get("requestTimeoutSeconds", 60.0)),
-            force_rules=tuple(compile_rule(r) for r in cfg.get("forceTopTier") or []),
-            shadow_sample_rate=float((cfg.get("shadow") or {}).get("sampleRate", 0.0)),
-            scorer=dict((cfg.get("upfront") or {}).get("scorer") or {"type": "heuristic"}),
-            hybrid_margin=float((cfg.get("upfront") or {}).get("hybridMargin", 0.15)),
-        )
-
-    def index(self, tier: str) -> int | None:
-        for i, ref in enumerate(self.tiers):
-            if ref.name == tier:
-                return i
-        return None
 
 
 @dataclass(frozen=True)
@@ -86,7 +32,7 @@ class Plan:
 
 
 def plan_request(
-    cfg: RouterConfig, pinned: int | None, forced: str | None, score: float | None = None
+    cfg: IngressConfig, pinned: int | None, forced: str | None, score: float | None = None
 ) -> Plan:
     """Where a request starts. `score` is the upfront scorer's (needed in upfront/hybrid).
 
@@ -94,50 +40,28 @@ def plan_request(
     answers alone. hybrid: clearly hard (score >= threshold + margin) goes to the top, clearly
     easy (score <= threshold - margin) stays on the first tier, and the band between cascades.
     """
-    top = len(cfg.tiers) - 1
+    top = cfg.top
     if pinned is not None:
         return Plan(pinned, "pinned", False)
     if forced:
         return Plan(top, f"forced:{forced}", False)
-    if cfg.mode == "none" or top == 0:
+    if cfg.mode == RoutingMode.NONE or top == 0:
         return Plan(0, "first-tier", False)
-    if cfg.mode in ("upfront", "hybrid") and score is not None:
-        if cfg.mode == "upfront":
+    if cfg.mode in (RoutingMode.UPFRONT, RoutingMode.HYBRID) and score is not None:
+        if cfg.mode == RoutingMode.UPFRONT:
             if should_escalate(score, cfg.threshold):
                 return Plan(top, "upfront-score", False)
             return Plan(0, "upfront-score", False)
-        if score >= cfg.threshold + cfg.hybrid_margin:
+        margin = cfg.upfront.hybrid_margin
+        if score >= cfg.threshold + margin:
             return Plan(top, "upfront-score", False)
-        if score <= cfg.threshold - cfg.hybrid_margin:
+        if score <= cfg.threshold - margin:
             return Plan(0, "upfront-score", False)
     return Plan(0, "cascade", True)
 
 
-def config_hash(user_config: dict[str, Any]) -> str:
-    """Short fingerprint of a user_config, so anyone can check which one a router runs."""
-    text = json.dumps(user_config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def compile_rule(rule: dict[str, Any]) -> ForceRule:
-    """Keywords and regexes of one high-risk category as one case-insensitive pattern."""
-    parts = [re.escape(k) for k in rule.get("keywords") or []]
-    parts = [rf"\b{p}\b" for p in parts] + list(rule.get("patterns") or [])
-    pattern = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE) if parts else None
-    return ForceRule(name=str(rule["name"]), pattern=pattern)
-
-
-class RoutingError(ValueError):
-    """A request the router cannot route; `param` names the offending field (OpenAI-style)."""
-
-    def __init__(self, message: str, param: str, status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.status = status
-
-
-def resolve_model(cfg: RouterConfig, model: str | None) -> int | None:
-    """`<modeltier>` lets the router choose (None); `<modeltier>:<tier>` pins that tier."""
+def resolve_model(cfg: IngressConfig, model: str | None) -> int | None:
+    """`<modeltier>` lets the ingress choose (None); `<modeltier>:<tier>` pins that tier."""
     if not model or model == cfg.model_tier:
         return None
     base, _, tier = model.partition(TIER_SEPARATOR)
@@ -146,20 +70,16 @@ def resolve_model(cfg: RouterConfig, model: str | None) -> int | None:
         if index is not None:
             return index
         names = ", ".join(t.name for t in cfg.tiers)
-        raise RoutingError(f"unknown tier {tier!r}; this ModelTier has: {names}", "model", 404)
-    raise RoutingError(
+        raise ModelNotFound(f"unknown tier {tier!r}; this ModelTier has: {names}", param="model")
+    raise ModelNotFound(
         f"model {model!r} is not served here; use {cfg.model_tier!r} or '{cfg.model_tier}:<tier>'",
-        "model",
-        404,
+        param="model",
     )
 
 
-def forced_rule(cfg: RouterConfig, text: str) -> str | None:
+def forced_rule(cfg: IngressConfig, text: str) -> str | None:
     """The first high-risk category the prompt matches, if any."""
-    for rule in cfg.force_rules:
-        if rule.pattern is not None and rule.pattern.search(text):
-            return rule.name
-    return None
+    return next((rule.name for rule in cfg.rules if rule.matches(text)), None)
 
 
 def confidence(token_logprobs: Sequence[float | None], metric: str = "minTokenProb") -> float:
@@ -184,18 +104,19 @@ def should_escalate(score: float, threshold: float) -> bool:
     return score > threshold
 
 
-def prompt_text(body: dict[str, Any]) -> str:
-    """The text rules and scorers look at: the prompt, or the chat messages' contents."""
-    if "messages" in body:
+def prompt_text(messages: Sequence[Any] | None = None, prompt: Any = None) -> str:
+    """The text rules and scorers look at: the chat messages' contents, or the prompt."""
+    if messages is not None:
         parts = []
-        for message in body.get("messages") or []:
-            content = message.get("content")
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
                 parts.extend(str(c.get("text", "")) for c in content if isinstance(c, dict))
         return "\n".join(parts)
-    prompt = body.get("prompt", "")
+    if prompt is None:
+        return ""
     return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
 
 
@@ -229,11 +150,20 @@ class CircuitBreaker:
 
 def fallback_order(n_tiers: int, index: int, fallback: str) -> list[int]:
     """Tiers to try, in order, when tier `index` cannot answer."""
-    if fallback == "nextTier":
+    if fallback == Fallback.NEXT_TIER:
         return [index, *range(index + 1, n_tiers)]
-    if fallback == "previousTier":
+    if fallback == Fallback.PREVIOUS_TIER:
         return [index, *range(index - 1, -1, -1)]
     return [index]
+
+
+def attempt_budget(time_left: float, tiers_left: int) -> float:
+    """Seconds one tier may take of what is left of the request's deadline.
+
+    An even share with the tiers still able to take over, so a tier that hangs leaves them time
+    (a fallback on timeout is possible at all); the last one may use everything left.
+    """
+    return max(time_left, 0.0) / max(tiers_left, 1)
 
 
 def normalise_answer(text: str) -> str:
@@ -254,7 +184,9 @@ def stream_chunk_logprobs(chunk: dict[str, Any], chat: bool) -> list[float | Non
 
 
 def answer_text(body: dict[str, Any], chat: bool) -> str:
-    choice = (body.get("choices") or [{}])[0]
+    """The first choice's text in a whole answer or in one streamed chunk (its delta)."""
+    choices: list[dict[str, Any]] = body.get("choices") or []
+    choice = next((c for c in choices if c.get("index", 0) == 0), {})
     if chat:
         message = choice.get("message") or choice.get("delta") or {}
         return str(message.get("content") or "")

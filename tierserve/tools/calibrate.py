@@ -1,19 +1,15 @@
 """`tierserve calibrate`: train the upfront prompt scorer and pick its threshold from labelled data.
 
-Input: prompts labelled with whether the weak (cheap) and strong (frontier) tiers answered them
-correctly, as RouteLLM's evaluation folder (MMLU + GSM8K) or a generic JSONL/CSV with columns
-prompt, weak_correct, strong_correct. A seeded hash of each prompt splits train/held-out, so the
-split does not depend on row order and duplicate prompts never straddle it.
-
-Offline only: scikit-learn is imported inside the functions that need it. The router never
-imports this module; it loads the JSON this writes through `tierserve.serving.scorers`.
+Loads labelled prompts (`labelled`), fits the linear scorer (`training`), chooses the threshold
+for a target escalation share, and reports routing quality on held-out prompts against the
+heuristic scorer, random routing and an oracle. Offline only: scikit-learn is imported inside
+the functions that need it. The router never imports this module; it loads the JSON this
+writes through `tierserve.serving.scorers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import sys
 import time
@@ -28,298 +24,16 @@ from numpy.typing import NDArray
 from tierserve.api.v1alpha1 import Upfront
 from tierserve.serving.scorers import (
     DEFAULT_BLOCKS,
-    HashedNgrams,
     HeuristicScorer,
     LinearScorer,
     QuantileMap,
     Scorer,
 )
-from tierserve.tools import quality
+from tierserve.tools import quality, training
+from tierserve.tools.labelled import DEFAULT_DATA, DataError, Example, labels, load_data, split
 
-ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-ROUTELLM_STRONG = "gpt-4-1106-preview"
-WEAK_COLUMNS = ("weak_correct", "weak", ROUTELLM_WEAK)
-STRONG_COLUMNS = ("strong_correct", "strong", ROUTELLM_STRONG)
-BENCHMARKS = ("mmlu", "gsm8k")
-LABELS = ("gain", "strong_wins", "weak_wrong")
-# Knots of the linear scorer's logit -> rank map: a 0.5% grid of the training prompts' ranks.
-KNOTS = 201
 DEFAULT_MARGIN = float(Upfront().hybrid_margin)
 SPREAD_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
-# ../shared/data/routellm next to the checkout (/work/main -> /work/shared/data/routellm).
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "routellm"
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
-
-
-class DataError(ValueError):
-    """Labelled data that is missing or cannot be read; the message says where and why."""
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    weak: bool
-    strong: bool
-    source: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
-
-def _bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise DataError(f"{where}: expected a boolean (true/false/1/0), got {value!r}")
-
-
-def _pick(row: dict[str, Any], names: Sequence[str], where: str) -> Any:
-    for name in names:
-        if name in row:
-            return row[name]
-    raise DataError(f"{where}: no column {' / '.join(names)}; columns are {sorted(row)}")
-
-
-def _example(row: dict[str, Any], where: str, source: str) -> Example:
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{where}: missing or empty 'prompt'")
-    weak = _bool(_pick(row, WEAK_COLUMNS, where), where)
-    strong = _bool(_pick(row, STRONG_COLUMNS, where), where)
-    return Example(prompt, weak, strong, source)
-
-
-def load_table(path: Path, source: str | None = None) -> list[Example]:
-    """A JSONL or CSV file of prompt, weak_correct, strong_correct (RouteLLM's names also work)."""
-    source = source or path.stem
-    examples = []
-    try:
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not JSON ({e.msg})") from e
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}:{n}: expected a JSON object per line")
-                    examples.append(_example(row, f"{path}:{n}", source))
-        elif path.suffix == ".csv":
-            csv.field_size_limit(1 << 24)
-            with path.open(encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f)
-                for n, row in enumerate(reader, 2):
-                    if None in row:
-                        raise DataError(f"{path}:{n}: more fields than the header has")
-                    examples.append(_example(row, f"{path}:{n}", source))
-        else:
-            raise DataError(f"{path}: expected a .jsonl or .csv file")
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read: {e}") from e
-    if not examples:
-        raise DataError(f"{path}: no labelled prompts")
-    return examples
-
-
-def _contaminated(path: Path) -> set[str]:
-    """RouteLLM's list of eval prompts that leaked into its router training: dropped as it does."""
-    if not path.exists():
-        return set()
-    with path.open(encoding="utf-8") as f:
-        return {json.loads(line)["eval_prompt"] for line in f if line.strip()}
-
-
-def load_routellm(root: Path, benchmarks: Sequence[str] = BENCHMARKS) -> list[Example]:
-    """RouteLLM's routellm/evals folder: MMLU's 57 subject CSVs and GSM8K, decontaminated."""
-    examples: list[Example] = []
-    for bench in benchmarks:
-        if bench == "mmlu":
-            files = sorted((root / "mmlu" / "responses").glob("mmlu_*.csv"))
-            drop = _contaminated(root / "mmlu" / "contaminated_prompts.jsonl")
-        elif bench == "gsm8k":
-            files = sorted((root / "gsm8k").glob("gsm8k_responses.csv"))
-            drop = _contaminated(root / "gsm8k" / "contaminated_prompts.jsonl")
-        else:
-            raise DataError(f"unknown benchmark {bench!r}; RouteLLM data has {BENCHMARKS}")
-        if not files:
-            raise DataError(f"{root}: no {bench} response CSVs (is this RouteLLM's evals folder?)")
-        for file in files:
-            rows = load_table(file, source=f"{bench}/{file.stem.removeprefix('mmlu_')}")
-            examples.extend(e for e in rows if e.prompt not in drop)
-    return examples
-
-
-def load_data(path: Path, benchmarks: Sequence[str] = BENCHMARKS) -> list[Example]:
-    if path.is_dir():
-        return load_routellm(path, benchmarks)
-    if path.is_file():
-        return load_table(path)
-    raise DataError(f"{path}: no such file or directory")
-
-
-def split(
-    examples: Sequence[Example], held_out: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) by a seeded hash of the prompt: order-free, duplicates kept together."""
-    train: list[Example] = []
-    test: list[Example] = []
-    for e in examples:
-        digest = hashlib.blake2b(f"{seed}\0{e.prompt}".encode(), digest_size=8).digest()
-        (test if int.from_bytes(digest, "big") / 2**64 < held_out else train).append(e)
-    return train, test
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-
-
-def targets(
-    weak: NDArray[np.bool_], strong: NDArray[np.bool_], label: str
-) -> tuple[NDArray[np.int_], NDArray[np.float64], NDArray[np.int_]]:
-    """(y, sample_weight, row) for a binary fit; `row` maps each training row to its example.
-
-    gain: the soft label (1 + strong - weak) / 2, fitted as two weighted rows for ties, so the
-      model estimates P(strong wins) + P(tie) / 2, an increasing function of the expected
-      accuracy gain of escalating E[strong - weak]: exactly the ranking the quality curve rewards,
-      and it learns both where the weak tier fails and where the strong one fails too.
-    strong_wins: 1 when only the strong tier is right; ties and weak-only wins count 0.
-    weak_wrong: 1 when the weak tier is wrong, whether or not escalating would fix it.
-    On a validation split of RouteLLM's training prompts: APGR 0.66 (gain), 0.65 (strong_wins),
-    0.60 (weak_wrong, which wastes escalations on prompts both tiers fail).
-    """
-    n = len(weak)
-    idx = np.arange(n)
-    if label == "strong_wins":
-        return (strong & ~weak).astype(int), np.ones(n), idx
-    if label == "weak_wrong":
-        return (~weak).astype(int), np.ones(n), idx
-    if label != "gain":
-        raise ValueError(f"unknown label {label!r}; choose from {LABELS}")
-    tie = weak == strong
-    rows = np.concatenate([idx, idx[tie]])
-    y = np.concatenate([(strong & ~weak) | tie, np.zeros(int(tie.sum()), dtype=bool)]).astype(int)
-    w = np.concatenate([np.where(tie, 0.5, 1.0), np.full(int(tie.sum()), 0.5)])
-    return y, w, rows
-
-
-def vectorize(prompts: Sequence[str], blocks: Sequence[HashedNgrams]) -> Any:
-    """The sklearn feature matrix `LinearScorer` reproduces: stacked HashingVectorizer blocks."""
-    from scipy import sparse
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    mats = [
-        HashingVectorizer(
-            analyzer=b.analyzer, ngram_range=b.ngram_range, n_features=b.n_features, norm="l2"
-        ).transform(prompts)
-        for b in blocks
-    ]
-    return sparse.hstack(mats, format="csr")
-
-
-def _logistic(C: float, l1: bool) -> Any:
-    import sklearn
-    from sklearn.linear_model import LogisticRegression
-
-    major, minor = (int(p) for p in sklearn.__version__.split(".")[:2])
-    if l1:
-        # L1 keeps only the n-grams that matter: a small JSON and fewer lookups per request.
-        if (major, minor) >= (1, 8):
-            return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=1000)
-        return LogisticRegression(C=C, penalty="l1", solver="liblinear", max_iter=1000)
-    return LogisticRegression(C=C, max_iter=2000)
-
-
-def fit(
-    X: Any,
-    weak: NDArray[np.bool_],
-    strong: NDArray[np.bool_],
-    *,
-    label: str = "gain",
-    C: float = 0.5,
-    l1: bool = False,
-    init: Any = None,
-) -> Any:
-    """A fitted LogisticRegression; `init` (a fitted model) warm-starts L2 fits.
-
-    The fits of cross-fitting and the final fit share one optimum up to lbfgs's tolerance, so
-    starting each from the previous one saves about a third of the training CPU.
-    """
-    y, sample_weight, rows = targets(weak, strong, label)
-    clf = _logistic(C, l1)
-    if init is not None and not l1:
-        clf.set_params(warm_start=True)
-        clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
-    clf.fit(X[rows], y, sample_weight=sample_weight)
-    return clf
-
-
-def to_scorer(
-    clf: Any,
-    blocks: Sequence[HashedNgrams],
-    calibration: QuantileMap,
-    meta: dict[str, Any] | None = None,
-) -> LinearScorer:
-    """The serving scorer of a fitted model; `calibration` maps its logit to a rank."""
-    coef = np.asarray(clf.coef_, dtype=np.float64).ravel()
-    weights, offset = [], 0
-    for b in blocks:
-        part = coef[offset : offset + b.n_features]
-        nz = np.flatnonzero(part)
-        weights.append(dict(zip(nz.tolist(), part[nz].tolist(), strict=True)))
-        offset += b.n_features
-    intercept = float(clf.intercept_[0])
-    return LinearScorer(tuple(blocks), tuple(weights), intercept, calibration, meta or {})
-
-
-def cross_fitted_scores(
-    X: Any,
-    weak: NDArray[np.bool_],
-    strong: NDArray[np.bool_],
-    folds: int,
-    seed: int,
-    **kw: Any,
-) -> tuple[NDArray[np.float64], Any]:
-    """(logits, last fold model): each training prompt scored by a model that did not see it.
-
-    The quantile map (hence the threshold) is fitted on these rather than on the final model's
-    logits of its own training prompts, which are overconfident (spread wider than on new
-    prompts): on RouteLLM a threshold chosen in-sample escalated 16-18% of held-out prompts for a
-    20% target, one chosen on these 18.5-20.8% (five folds, 12k training prompts; with ~3k the
-    fold models' narrower spread makes it ~1 point high).
-    """
-    n = X.shape[0]
-    fold = np.random.default_rng(seed).permutation(n) % folds
-    out = np.empty(n)
-    clf = None
-    for k in range(folds):
-        fit_rows, score_rows = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        clf = fit(X[fit_rows], weak[fit_rows], strong[fit_rows], init=clf, **kw)
-        out[score_rows] = clf.decision_function(X[score_rows])
-    return out, clf
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------------
-
-
-def _labels(examples: Sequence[Example]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    return (
-        np.array([e.weak for e in examples], dtype=bool),
-        np.array([e.strong for e in examples], dtype=bool),
-    )
 
 
 def scores_of(scorer: Scorer, prompts: Iterable[str]) -> NDArray[np.float64]:
@@ -395,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default="mmlu,gsm8k", help="RouteLLM benchmarks to load")
     p.add_argument("--held-out", type=float, default=0.2, help="held-out share (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", choices=LABELS, default="gain", help="training target")
+    p.add_argument("--label", choices=training.LABELS, default="gain", help="training target")
     p.add_argument("--C", type=float, default=0.5, help="inverse regularisation strength")
     p.add_argument(
         "--l1",
@@ -408,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _examples(args: argparse.Namespace) -> tuple[Path, list[Example], list[Example]]:
+    """(data path, train, held-out), refusing data too small or with no gap to route for."""
     data_path = args.data
     if data_path is None:
         if not DEFAULT_DATA.exists():
@@ -427,28 +142,82 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(
             f"{data_path}: too few prompts ({len(train)} train, {len(test)} held-out) to fit"
         )
-    w_train, s_train = _labels(train)
-    w_test, s_test = _labels(test)
-    for part, w, s in (("training", w_train, s_train), ("held-out", w_test, s_test)):
+    for part, rows in (("training", train), ("held-out", test)):
+        w, s = labels(rows)
         if s.mean() <= w.mean():
             raise DataError(
                 f"{data_path}: the strong tier is not more accurate than the weak one on the "
                 f"{part} prompts ({s.mean():.3f} vs {w.mean():.3f}): nothing to route for"
             )
+    return data_path, train, test
 
-    blocks = DEFAULT_BLOCKS
+
+@dataclass(frozen=True)
+class Trained:
+    """The fitted sklearn model, its logit -> rank map and threshold, and what fitting cost."""
+
+    clf: Any
+    calibration: QuantileMap
+    threshold: float
+    seconds: float
+    cpu_seconds: float
+
+
+def _train(train: Sequence[Example], args: argparse.Namespace) -> Trained:
+    weak, strong = labels(train)
     fit_kw = {"label": args.label, "C": args.C, "l1": args.l1}
     started, started_cpu = time.perf_counter(), time.process_time()
-    X_train = vectorize([e.prompt for e in train], blocks)
-    oof, last = cross_fitted_scores(X_train, w_train, s_train, args.folds, args.seed, **fit_kw)
+    X = training.vectorize([e.prompt for e in train], DEFAULT_BLOCKS)
+    oof, last = training.cross_fitted_scores(X, weak, strong, args.folds, args.seed, **fit_kw)
     # Score = rank among the training prompts' cross-fitted logits (what new prompts look like to
     # the final model), so the threshold for a target share is about 1 - share.
-    calibration = QuantileMap.fit(oof, KNOTS)
+    calibration = QuantileMap.fit(oof, training.KNOTS)
     threshold = quality.threshold_for_share(calibration.many(oof), args.target_escalation)
-    clf = fit(X_train, w_train, s_train, init=last, **fit_kw)
-    train_seconds = time.perf_counter() - started
-    train_cpu_seconds = time.process_time() - started_cpu
+    clf = training.fit(X, weak, strong, init=last, **fit_kw)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    return Trained(clf, calibration, threshold, seconds, cpu_seconds)
 
+
+def _serving_diff(served: LinearScorer, clf: Any, X_test: Any, prompts: Sequence[str]) -> float:
+    """Largest gap between the sklearn model and the scorer as served, on held-out prompts.
+
+    The file's (rounded) weights on sklearn's features, on all prompts; the router's own feature
+    code on a sample (a Python loop per prompt, so slower): both must match the sklearn model.
+    """
+    logits = X_test @ served.coef + served.intercept
+    sk = clf.predict_proba(X_test)[:, 1]
+    check = min(len(prompts), 300)
+    own = np.array([served.probability(p) for p in prompts[:check]])
+    ranks = served.calibration.many(logits[:check])
+    return max(
+        float(np.abs(1.0 / (1.0 + np.exp(-logits)) - sk).max()),
+        float(np.abs(own - sk[:check]).max()),
+        float(np.abs(scores_of(served, prompts[:check]) - ranks).max()),
+    )
+
+
+def _by_benchmark(
+    test: Sequence[Example], trained: NDArray[np.float64], heuristic: NDArray[np.float64]
+) -> dict[str, dict[str, Any]]:
+    """Held-out APGR per benchmark, when there are several and each has a gap to recover."""
+    weak, strong = labels(test)
+    bench = np.array([e.source.split("/")[0] for e in test])
+    out = {}
+    for name in sorted(set(bench)) if len(set(bench)) > 1 else []:
+        m = bench == name
+        if strong[m].mean() > weak[m].mean():
+            out[name] = {
+                "held_out": int(m.sum()),
+                "trained_apgr": quality.apgr(trained[m], weak[m], strong[m]),
+                "heuristic_apgr": quality.apgr(heuristic[m], weak[m], strong[m]),
+            }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data_path, train, test = _examples(args)
+    fitted = _train(train, args)
+    threshold = fitted.threshold
     meta = {
         "label": args.label,
         "C": args.C,
@@ -458,43 +227,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "score": f"rank of the logit among {len(train)} training prompts' cross-fitted logits",
         "trained_on": f"{data_path} ({len(train)} prompts, seed {args.seed})",
     }
-    scorer = to_scorer(clf, blocks, calibration, meta)
+    scorer = training.to_scorer(fitted.clf, DEFAULT_BLOCKS, fitted.calibration, meta)
     size = scorer.save(args.out) if args.out else len(scorer.to_json().encode())
 
     # Held-out scores with the weights as written to the file, on sklearn's feature matrix (fast).
-    # Both they and the router's own feature code (on a sample) must match the sklearn model.
     served = LinearScorer.from_dict(scorer.to_dict())
     test_prompts = [e.prompt for e in test]
-    X_test = vectorize(test_prompts, blocks)
-    logits = X_test @ served.coef + served.intercept
-    trained = served.calibration.many(logits)
-    sk = clf.predict_proba(X_test)[:, 1]
-    check = min(len(test_prompts), 300)
-    serving_diff = max(
-        float(np.abs(1.0 / (1.0 + np.exp(-logits)) - sk).max()),
-        float(
-            np.abs(
-                np.array([served.probability(p) for p in test_prompts[:check]]) - sk[:check]
-            ).max()
-        ),
-        float(np.abs(scores_of(served, test_prompts[:check]) - trained[:check]).max()),
-    )
+    X_test = training.vectorize(test_prompts, DEFAULT_BLOCKS)
+    trained = served.calibration.many(X_test @ served.coef + served.intercept)
+    sk = fitted.clf.predict_proba(X_test)[:, 1]
     heuristic_scorer = HeuristicScorer()
     heuristic = scores_of(heuristic_scorer, test_prompts)
     heuristic_threshold = quality.threshold_for_share(
         scores_of(heuristic_scorer, (e.prompt for e in train)), args.target_escalation
     )
+    w_test, s_test = labels(test)
     accuracy, share = quality.routed_accuracy(trained, w_test, s_test, threshold)
-    bench = np.array([e.source.split("/")[0] for e in test])
-    by_benchmark = {}
-    for name in sorted(set(bench)) if len(set(bench)) > 1 else []:
-        m = bench == name
-        if s_test[m].mean() > w_test[m].mean():  # APGR needs a gap to recover
-            by_benchmark[name] = {
-                "held_out": int(m.sum()),
-                "trained_apgr": quality.apgr(trained[m], w_test[m], s_test[m]),
-                "heuristic_apgr": quality.apgr(heuristic[m], w_test[m], s_test[m]),
-            }
     return {
         "data": str(data_path),
         "prompts": {"train": len(train), "held_out": len(test)},
@@ -506,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             evaluate_random(w_test, s_test, args.seed),
             evaluate("oracle", quality.oracle_scores(w_test, s_test), w_test, s_test),
         ],
-        "by_benchmark": by_benchmark,
+        "by_benchmark": _by_benchmark(test, trained, heuristic),
         "threshold": threshold,
         "target_escalation": args.target_escalation,
         "folds": args.folds,
@@ -518,11 +266,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "held_out_accuracy": accuracy,
         "held_out_escalation": share,
-        "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu_seconds,
+        "train_seconds": fitted.seconds,
+        "train_cpu_seconds": fitted.cpu_seconds,
         "scorer_bytes": size,
         "scorer_nonzero_weights": sum(len(w) for w in scorer.weights),
-        "max_abs_diff_serving_vs_sklearn": float(serving_diff),
+        "max_abs_diff_serving_vs_sklearn": _serving_diff(served, fitted.clf, X_test, test_prompts),
         "out": str(args.out) if args.out else None,
     }
 
@@ -537,8 +285,8 @@ def _print(report: dict[str, Any]) -> None:
     print(f"\n{'scorer':<10} {'APGR':>6}   strong-call share to recover 50% / 80% / 95% of gap")
     for s in report["scorers"]:
         gaps = " / ".join(f"{v:6.1%}" for v in s["share_for_gap"].values())
-        spread = f"   (mean of 20 draws, sd {s['apgr_sd']:.3f})" if "apgr_sd" in s else ""
-        print(f"{s['name']:<10} {s['apgr']:6.3f}   {gaps}{spread}")
+        draws = f"   (mean of 20 draws, sd {s['apgr_sd']:.3f})" if "apgr_sd" in s else ""
+        print(f"{s['name']:<10} {s['apgr']:6.3f}   {gaps}{draws}")
     for name, b in report["by_benchmark"].items():
         print(
             f"  {name}: {b['held_out']} held-out, APGR trained {b['trained_apgr']:.3f}, "

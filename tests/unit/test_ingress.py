@@ -1,0 +1,717 @@
+"""The ingress through its FastAPI app, with fake tier handles (tests/unit/llm_fakes.py).
+
+No Ray and no Serve: `TierIngress` is a plain class (Serve wraps it with `serve.ingress()` in
+`tierserve.serving.ingress.deployment`), instantiated here directly; its app is the one Serve
+gets from `__serve_build_asgi_app__`, driven over ASGI by httpx. Metrics go to a `MemorySink`,
+the breakers' clock is injected where cooldowns matter, shadow sampling draws 0 (always).
+
+Tests named `test_stream_*` pin the old streaming path's bugs (hard-coded nextTier, breakers
+never read or updated, no shadow evaluation, a timeout per chunk instead of per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.unit.llm_fakes import CONFIDENT, UNSURE, FakeTier, Reply, full
+from tierserve.serving.ingress import TierIngress, deployment
+from tierserve.serving.metrics import MemorySink
+
+pytestmark = pytest.mark.unit
+
+MODEL = "assist"
+PROMPT = {"model": MODEL, "prompt": "12+34=", "max_tokens": 4}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "12+34="}], "max_tokens": 4}
+
+
+def aio(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Runs an async test on a fresh event loop (shadow tasks live on it until it ends)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def user_config(tiers: Sequence[str], **routing: Any) -> dict[str, Any]:
+    """A user_config shaped as tierserve.build.render writes it."""
+    return {
+        "modelTier": MODEL,
+        "tiers": [{"name": t, "modelId": f"{t}-model", "gpus": 1} for t in tiers],
+        "threshold": 0.5,
+        "bounds": {"min": 0.0, "max": 1.0},
+        "mode": "cascade",
+        **routing,
+    }
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FixedScorer:
+    def __init__(self, score: float):
+        self.value = score
+
+    def score(self, text: str) -> float:
+        return self.value
+
+
+@dataclass
+class Stack:
+    ingress: TierIngress
+    sink: MemorySink
+    tiers: dict[str, FakeTier]
+
+    def __post_init__(self) -> None:
+        self.app = self.ingress.__serve_build_asgi_app__()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
+            return await client.request(method, path, **kwargs)
+
+    async def post(self, path: str = "/v1/completions", **body: Any) -> httpx.Response:
+        base = CHAT if path.endswith("chat/completions") else PROMPT
+        return await self.request("POST", path, json={**base, **body})
+
+    def metric(self, name: str, **tags: str) -> float:
+        return self.sink.get(name, **tags)
+
+
+def stack(
+    *tiers: FakeTier,
+    clock: Callable[[], float] = time.monotonic,
+    sample: Callable[[], float] = lambda: 0.0,
+    **routing: Any,
+) -> Stack:
+    sink = MemorySink()
+    ingress = TierIngress(
+        MODEL, [(t.name, t) for t in tiers], metrics=sink, clock=clock, sample=sample
+    )
+    ingress.reconfigure(user_config([t.name for t in tiers], **routing))
+    return Stack(ingress, sink, {t.name: t for t in tiers})
+
+
+def events(r: httpx.Response) -> list[Any]:
+    out: list[Any] = []
+    for line in r.text.splitlines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def streamed_text(r: httpx.Response) -> str:
+    text = ""
+    for event in events(r):
+        if isinstance(event, dict):
+            for choice in event.get("choices") or []:
+                text += choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+    return text
+
+
+def info(r: httpx.Response) -> tuple[str, bool, str]:
+    body = r.json()["tierserve"]
+    return body["tier"], body["escalated"], body["reason"]
+
+
+def headers(r: httpx.Response) -> tuple[str, str, str]:
+    h = r.headers
+    return h["x-tierserve-tier"], h["x-tierserve-escalated"], h["x-tierserve-reason"]
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+@aio
+async def test_mode_none_sends_everything_to_the_first_tier() -> None:
+    s = stack(FakeTier("small", Reply(logprobs=[UNSURE])), FakeTier("large"), mode="none")
+    r = await s.post()
+    assert r.status_code == 200
+    assert info(r) == ("small", False, "first-tier") and headers(r)[0] == "small"
+    assert r.json()["tierserve"]["confidence"] is None
+    assert r.json()["model"] == MODEL and r.json()["choices"][0]["text"] == "42"
+    assert not s.tiers["large"].requests
+    assert s.tiers["small"].requests[0].logprobs is None  # no decision, no logprobs asked
+    assert s.metric("tierserve_requests", tier="small", mode="none", outcome="ok") == 1
+    assert s.metric("tierserve_tokens", tier="small", kind="completion") == 2
+
+
+@aio
+async def test_cascade_keeps_a_confident_answer_and_hides_the_logprobs_it_asked_for() -> None:
+    s = stack(FakeTier("small", Reply(logprobs=[-0.1, -0.3])), FakeTier("large"))
+    r = await s.post()
+    assert info(r) == ("small", False, "cascade")
+    assert r.json()["tierserve"]["confidence"] == pytest.approx(math.exp(-0.3))
+    assert float(r.headers["x-tierserve-confidence"]) == pytest.approx(math.exp(-0.3), abs=1e-4)
+    asked = s.tiers["small"].requests[0]
+    assert (asked.model, asked.logprobs, asked.stream) == ("small-model", 1, False)
+    assert "logprobs" not in r.json()["choices"][0]
+    assert not s.tiers["large"].requests
+    assert s.sink.samples("tierserve_confidence", tier="small") == [pytest.approx(math.exp(-0.3))]
+
+
+@aio
+async def test_cascade_escalates_an_unsure_answer_and_keeps_logprobs_the_client_asked_for() -> None:
+    s = stack(FakeTier("small", Reply(text="41", logprobs=[UNSURE])), FakeTier("large"))
+    r = await s.post(logprobs=2)
+    assert info(r) == ("large", True, "low-confidence")
+    assert headers(r) == ("large", "true", "low-confidence")
+    assert r.json()["tierserve"]["confidence"] == pytest.approx(math.exp(UNSURE))
+    assert r.json()["choices"][0]["text"] == "42"
+    assert r.json()["choices"][0]["logprobs"]["token_logprobs"]  # the client asked
+    assert s.tiers["small"].requests[0].logprobs == 2  # never less than the client asked
+    assert s.tiers["large"].requests[0].model == "large-model"
+    assert s.metric("tierserve_escalations", from_tier="small", to_tier="large") == 1
+
+
+@aio
+async def test_cascade_climbs_a_three_tier_ladder_one_rung_at_a_time() -> None:
+    unsure = Reply(logprobs=[UNSURE])
+    s = stack(FakeTier("small", unsure), FakeTier("mid", unsure), FakeTier("large"))
+    r = await s.post()
+    assert info(r) == ("large", True, "low-confidence")
+    assert s.metric("tierserve_escalations", from_tier="small", to_tier="mid") == 1
+    assert s.metric("tierserve_escalations", from_tier="mid", to_tier="large") == 1
+    assert s.tiers["mid"].requests[0].logprobs == 1  # mid decides too
+    assert s.tiers["large"].requests[0].logprobs is None  # the top tier does not
+
+
+@aio
+async def test_threshold_extremes_and_a_live_reconfigure() -> None:
+    s = stack(FakeTier("small", Reply(logprobs=[-0.5])), FakeTier("large"), threshold=1.0)
+    assert info(await s.post())[0] == "small"
+    before = (await s.request("GET", "/tierserve/config")).json()
+    s.ingress.reconfigure(user_config(["small", "large"], threshold=0.0))
+    after = (await s.request("GET", "/tierserve/config")).json()
+    assert info(await s.post())[0] == "large"
+    assert before["configHash"] != after["configHash"] and after["threshold"] == 0.0
+    assert after == {
+        "modelTier": MODEL,
+        "configHash": after["configHash"],
+        "mode": "cascade",
+        "threshold": 0.0,
+        "tiers": ["small", "large"],
+        "openCircuits": [],
+    }
+    assert s.metric("tierserve_escalation_threshold") == 0.0
+
+
+@aio
+async def test_upfront_mode_routes_by_the_prompt_score_alone() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"), mode="upfront", threshold=0.5)
+    s.ingress.scorer = FixedScorer(0.8)
+    r = await s.post()
+    assert info(r) == ("large", True, "upfront-score")
+    assert r.json()["tierserve"]["upfrontScore"] == 0.8
+    assert float(r.headers["x-tierserve-upfront-score"]) == pytest.approx(0.8)
+    assert s.metric("tierserve_escalations", reason="upfront-score") == 1
+    s.ingress.scorer = FixedScorer(0.2)
+    r = await s.post()
+    assert info(r) == ("small", False, "upfront-score")
+    assert r.json()["tierserve"]["confidence"] is None
+    assert s.tiers["small"].requests[0].logprobs is None  # no cascade decision to make
+
+
+@aio
+async def test_hybrid_decides_clear_cases_up_front_and_cascades_the_band() -> None:
+    s = stack(
+        FakeTier("small", Reply(logprobs=[UNSURE])),
+        FakeTier("large"),
+        mode="hybrid",
+        threshold=0.5,
+        upfront={"hybridMargin": 0.1},
+    )
+    cases = [
+        (0.7, ("large", True, "upfront-score")),  # clearly hard
+        (0.3, ("small", False, "upfront-score")),  # clearly easy
+        (0.55, ("large", True, "low-confidence")),  # the band: small answered, unsure
+    ]
+    for score, want in cases:
+        s.ingress.scorer = FixedScorer(score)
+        assert info(await s.post()) == want, score
+
+
+@aio
+async def test_pinned_tiers_and_unknown_models() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"))
+    assert info(await s.post(model=f"{MODEL}:large")) == ("large", False, "pinned")
+    assert s.tiers["large"].requests[0].logprobs is None
+    for model in (f"{MODEL}:huge", "gpt-4"):
+        r = await s.post(model=model)
+        assert r.status_code == 404, model
+        assert r.json()["error"]["param"] == "model"
+        assert r.json()["error"]["type"] == "model_not_found"
+    assert s.metric("tierserve_escalations") == 0  # pinning is not an escalation
+
+
+@aio
+async def test_force_top_tier_rules_send_high_risk_prompts_to_the_top() -> None:
+    rules = [{"name": "medical", "keywords": ["dosage"], "patterns": [r"over\s*dose"]}]
+    s = stack(FakeTier("small"), FakeTier("large"), forceTopTier=rules)
+    r = await s.post(prompt="What DOSAGE is safe?")
+    assert info(r) == ("large", False, "forced:medical")
+    assert s.metric("tierserve_escalations", reason="forced:medical") == 1
+    chat = [{"role": "user", "content": [{"type": "text", "text": "risk of over dose"}]}]
+    r = await s.post("/v1/chat/completions", messages=chat)
+    assert info(r) == ("large", False, "forced:medical")
+    assert not s.tiers["small"].requests
+
+
+@aio
+async def test_chat_cascade_reads_chat_logprobs_and_answers_in_chat_shape() -> None:
+    s = stack(FakeTier("small", Reply(logprobs=[UNSURE])), FakeTier("large"))
+    r = await s.post("/v1/chat/completions")
+    assert info(r) == ("large", True, "low-confidence")
+    assert r.json()["choices"][0]["message"]["content"] == "42"
+    assert s.tiers["small"].requests[0].logprobs is True
+    r = await s.post("/v1/chat/completions", stream=True)
+    assert headers(r) == ("large", "true", "low-confidence")
+    assert streamed_text(r) == "42" and events(r)[-1] == "[DONE]"
+
+
+# -- fallback orders and circuit breakers ---------------------------------------------------
+
+
+@aio
+async def test_next_tier_fallback_moves_a_failed_request_up() -> None:
+    s = stack(FakeTier("small", Reply(raises=RuntimeError("replica died"))), FakeTier("large"))
+    r = await s.post()
+    assert info(r) == ("large", False, "fallback:small")
+    assert s.metric("tierserve_fallbacks", from_tier="small", to_tier="large", reason="error") == 1
+
+
+@aio
+async def test_previous_tier_fallback_moves_a_failed_request_down() -> None:
+    s = stack(
+        FakeTier("small"),
+        FakeTier("large", Reply(error=(500, "engine dead", None))),
+        fallback="previousTier",
+    )
+    r = await s.post(model=f"{MODEL}:large")
+    assert info(r) == ("small", False, "fallback:large")
+
+
+@aio
+async def test_fallback_none_answers_503_with_retry_after() -> None:
+    s = stack(
+        FakeTier("small", Reply(raises=RuntimeError("boom"))), FakeTier("large"), fallback="none"
+    )
+    r = await s.post()
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert (
+        r.json()["error"]["type"] == "service_unavailable"
+        and "small" in r.json()["error"]["message"]
+    )
+    assert not s.tiers["large"].requests
+    assert s.metric("tierserve_requests", tier="small", outcome="error") == 1
+
+
+@aio
+async def test_previous_tier_comes_back_to_the_lower_answer_without_asking_again() -> None:
+    """Escalated, the top tier fails: previousTier serves the held lower answer, not a re-ask."""
+    for stream in (False, True):
+        s = stack(
+            FakeTier("small", Reply(text="41", logprobs=[UNSURE])),
+            FakeTier("large", Reply(raises=RuntimeError("gone"))),
+            fallback="previousTier",
+        )
+        r = await s.post(stream=stream)
+        assert headers(r) == ("small", "false", "fallback:large"), stream
+        text = streamed_text(r) if stream else r.json()["choices"][0]["text"]
+        assert text == "41" and len(s.tiers["small"].requests) == 1
+
+
+@aio
+async def test_breaker_opens_after_three_failures_then_probes_and_closes() -> None:
+    clock = Clock()
+    small = FakeTier("small", *[Reply(raises=RuntimeError("down"))] * 3, Reply())
+    s = stack(small, FakeTier("large"), clock=clock)
+    for _ in range(3):
+        assert info(await s.post())[2] == "fallback:small"
+    assert (await s.request("GET", "/tierserve/config")).json()["openCircuits"] == ["small"]
+    assert info(await s.post())[:2] == ("large", False)  # open: small is not even asked
+    assert len(small.requests) == 3
+    clock.now += 31  # half-open: one probe goes through, and it answers
+    assert info(await s.post())[0] == "small"
+    assert (await s.request("GET", "/tierserve/config")).json()["openCircuits"] == []
+
+
+@aio
+async def test_a_failed_probe_reopens_the_breaker_at_once() -> None:
+    clock = Clock()
+    small = FakeTier("small", Reply(raises=RuntimeError("still down")))
+    s = stack(small, FakeTier("large"), clock=clock)
+    for _ in range(3):
+        await s.post()
+    clock.now += 31
+    assert info(await s.post())[2] == "fallback:small"  # the probe failed
+    assert len(small.requests) == 4
+    assert info(await s.post())[0] == "large" and len(small.requests) == 4
+
+
+@aio
+async def test_a_client_error_from_a_tier_is_400_with_its_param_and_no_fallback() -> None:
+    s = stack(
+        FakeTier("small", Reply(error=(400, "max_tokens is too large", "max_tokens"))),
+        FakeTier("large"),
+    )
+    for stream in (False, True):
+        r = await s.post(stream=stream)
+        assert r.status_code == 400, stream
+        assert r.json()["error"]["param"] == "max_tokens"
+    assert not s.tiers["large"].requests
+    assert s.ingress.engine.breaker("small").available(time.monotonic())
+
+
+# -- backpressure ---------------------------------------------------------------------------
+
+
+@aio
+async def test_a_full_tier_is_429_with_retry_after_and_never_trips_its_breaker() -> None:
+    s = stack(FakeTier("small"), FakeTier("large", Reply(raises=full(2.5))))
+    for _ in range(5):
+        r = await s.post(model=f"{MODEL}:large")
+        assert r.status_code == 429
+        assert r.headers["Retry-After"] == "3"
+        assert r.json()["error"]["type"] == "rate_limit_exceeded"
+        assert "capacity" in r.json()["error"]["message"]
+    assert s.metric("tierserve_requests", tier="large", outcome="overloaded") == 5
+    s.tiers["large"].replies = [Reply()]
+    assert (await s.post(model=f"{MODEL}:large")).status_code == 200
+
+
+@aio
+async def test_a_full_tier_falls_back_as_overloaded() -> None:
+    s = stack(FakeTier("small", Reply(raises=full(None))), FakeTier("large"))
+    r = await s.post()
+    assert info(r) == ("large", False, "fallback:small")
+    assert s.metric("tierserve_fallbacks", from_tier="small", reason="overloaded") == 1
+    assert s.ingress.engine.breakers["small"].available(time.monotonic())
+
+
+@aio
+async def test_429_only_when_every_refusal_was_a_full_queue() -> None:
+    s = stack(
+        FakeTier("small", Reply(raises=full(4.0))), FakeTier("large", Reply(raises=full(1.0)))
+    )
+    r = await s.post()
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"  # the soonest
+    s = stack(
+        FakeTier("small", Reply(raises=full())), FakeTier("large", Reply(raises=RuntimeError("x")))
+    )
+    r = await s.post()
+    assert r.status_code == 503 and "Retry-After" in r.headers  # a broken tier: not just busy
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+@aio
+async def test_streaming_decides_on_the_first_tokens_and_keeps_a_confident_stream() -> None:
+    text = "0123456789abcdef"
+    # Confident on the first 4 tokens, unsure later: the decision is made on the first 4.
+    small = FakeTier("small", Reply(text=text, logprobs=[CONFIDENT] * 4 + [UNSURE]))
+    s = stack(small, FakeTier("large"), cascade={"earlyDecisionTokens": 4})
+    r = await s.post(stream=True)
+    assert headers(r) == ("small", "false", "cascade")
+    assert float(r.headers["x-tierserve-confidence"]) == pytest.approx(
+        math.exp(CONFIDENT), abs=1e-4
+    )
+    assert streamed_text(r) == text and events(r)[-1] == "[DONE]"
+    assert all(not c.get("logprobs") for e in events(r)[:-1] for c in e["choices"])
+    assert all(e["model"] == MODEL for e in events(r)[:-1])
+    assert (small.requests[0].stream, small.requests[0].logprobs) == (True, 1)
+    assert not s.tiers["large"].requests
+
+
+@aio
+async def test_streaming_escalation_never_shows_the_abandoned_tokens() -> None:
+    small = FakeTier("small", Reply(text="SMALL-ANSWER-LONG", logprobs=[UNSURE]))
+    s = stack(small, FakeTier("large", Reply(text="large")), cascade={"earlyDecisionTokens": 2})
+    r = await s.post(stream=True)
+    assert headers(r) == ("large", "true", "low-confidence")
+    assert streamed_text(r) == "large"
+    assert small.abandoned == 1 and small.tokens_sent <= 2 + 2  # k tokens, one batch at most
+    assert s.tiers["large"].requests[0].logprobs is None
+
+
+@aio
+async def test_streaming_usage_is_counted_when_the_client_asks_for_it() -> None:
+    s = stack(FakeTier("small", Reply(text="4242")), FakeTier("large"))
+    r = await s.post(stream=True, stream_options={"include_usage": True})
+    assert events(r)[-2]["usage"]["completion_tokens"] == 4
+    assert s.metric("tierserve_tokens", tier="small", kind="completion") == 4
+
+
+@aio
+async def test_streaming_honours_fallback_none() -> None:
+    s = stack(
+        FakeTier("small", Reply(raises=RuntimeError("boom"))), FakeTier("large"), fallback="none"
+    )
+    r = await s.post(stream=True)
+    assert r.status_code == 503
+    assert not s.tiers["large"].requests
+
+
+@aio
+async def test_stream_honours_previous_tier_fallback() -> None:
+    s = stack(
+        FakeTier("small"),
+        FakeTier("large", Reply(raises=RuntimeError("boom"))),
+        fallback="previousTier",
+    )
+    r = await s.post(model=f"{MODEL}:large", stream=True)
+    assert r.status_code == 200
+    assert headers(r) == ("small", "false", "fallback:large")
+    assert streamed_text(r) == "42"
+
+
+@aio
+async def test_stream_skips_a_tier_whose_circuit_is_open() -> None:
+    small = FakeTier("small", Reply(raises=RuntimeError("down")))
+    s = stack(small, FakeTier("large"))
+    for _ in range(3):
+        await s.post()
+    r = await s.post(stream=True)
+    assert headers(r)[0] == "large"
+    assert len(small.requests) == 3  # the stream never asked the broken tier
+
+
+@aio
+async def test_stream_failures_count_against_the_breaker() -> None:
+    s = stack(FakeTier("small", Reply(raises=RuntimeError("down"))), FakeTier("large"))
+    for _ in range(3):
+        assert headers(await s.post(stream=True))[2] == "fallback:small"
+    assert (await s.request("GET", "/tierserve/config")).json()["openCircuits"] == ["small"]
+
+
+@aio
+async def test_stream_is_shadow_evaluated_after_it_ends() -> None:
+    s = stack(
+        FakeTier("small", Reply(text="41")),
+        FakeTier("large", Reply(text="42")),
+        shadow={"sampleRate": 1.0},
+    )
+    r = await s.post(stream=True)
+    assert streamed_text(r) == "41"
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_evaluations", tier="small", agreed="false") == 1
+    shadow = s.tiers["large"].requests[0]
+    assert (shadow.stream, shadow.stream_options) == (False, None)
+
+
+@aio
+async def test_stream_deadline_bounds_the_whole_stream_not_each_chunk() -> None:
+    # 20 items 20 ms apart: each chunk is quick, the whole stream takes 400 ms > 150 ms.
+    slow = Reply(text="x" * 40, delay=0.02)
+    s = stack(FakeTier("small", slow), FakeTier("large"), mode="none", requestTimeoutSeconds=0.15)
+    started = time.monotonic()
+    r = await s.post(stream=True)
+    assert time.monotonic() - started < 0.35
+    assert r.status_code == 200 and headers(r)[0] == "small"
+    last = events(r)[-2]
+    assert last["error"]["code"] == 504 and last["error"]["type"] == "timeout"
+    assert s.metric("tierserve_requests", tier="small", outcome="error") == 1
+    assert s.tiers["small"].abandoned == 1
+
+
+@aio
+async def test_a_tier_failing_mid_stream_ends_it_with_an_error_event() -> None:
+    s = stack(
+        FakeTier("small", Reply(text="abcdefgh", break_after=3, batch=1)),
+        FakeTier("large"),
+        mode="none",
+    )
+    r = await s.post(stream=True)
+    body = events(r)
+    assert body[-1] == "[DONE]" and body[-2]["error"]["code"] == 503
+    assert streamed_text(r) == "abc"
+    assert s.metric("tierserve_requests", tier="small", outcome="error") == 1
+    assert s.ingress.engine.breaker("small")._consecutive == 1
+
+
+# -- the deadline ---------------------------------------------------------------------------
+
+
+@aio
+async def test_a_hung_tier_leaves_time_for_the_fallback_within_the_deadline() -> None:
+    s = stack(FakeTier("small", Reply(hang=True)), FakeTier("large"), requestTimeoutSeconds=0.2)
+    started = time.monotonic()
+    r = await s.post()
+    assert time.monotonic() - started < 0.2
+    assert info(r) == ("large", False, "fallback:small")
+    assert s.ingress.engine.breaker("small")._consecutive == 1  # a timeout is a failure
+
+
+@aio
+async def test_no_answer_within_the_deadline_is_504() -> None:
+    s = stack(
+        FakeTier("small", Reply(hang=True)),
+        FakeTier("large", Reply(hang=True)),
+        requestTimeoutSeconds=0.1,
+    )
+    for stream in (False, True):
+        started = time.monotonic()
+        r = await s.post(stream=stream)
+        assert time.monotonic() - started < 0.2
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+    assert s.metric("tierserve_requests", outcome="error") == 2
+
+
+@aio
+async def test_stream_tail_is_bounded_by_the_deadline_too() -> None:
+    """A stream that stalls after the decision is cut at the deadline (it used to hang)."""
+    s = stack(
+        FakeTier("small", Reply(text="abcdef", stall_after=2)),
+        FakeTier("large"),
+        mode="none",
+        requestTimeoutSeconds=0.1,
+    )
+    r = await s.post(stream=True)
+    assert streamed_text(r) == "ab" and events(r)[-2]["error"]["code"] == 504
+
+
+# -- shadow evaluation ----------------------------------------------------------------------
+
+
+@aio
+async def test_shadow_samples_lower_tier_answers_off_the_request_path() -> None:
+    s = stack(
+        FakeTier("small", Reply(text="42")),
+        FakeTier("large", Reply(text=" 42 ")),
+        shadow={"sampleRate": 0.5},
+    )
+    assert info(await s.post())[0] == "small"
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_evaluations", tier="small", agreed="true") == 1
+    s.ingress.engine.sample = lambda: 0.7  # above the rate: not sampled
+    await s.post()
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_evaluations") == 1
+    assert len(s.tiers["large"].requests) == 1
+
+
+@aio
+async def test_top_tier_answers_and_failed_shadows_are_not_counted() -> None:
+    s = stack(
+        FakeTier("small", Reply(logprobs=[UNSURE])), FakeTier("large"), shadow={"sampleRate": 1.0}
+    )
+    assert info(await s.post())[0] == "large"
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_evaluations") == 0
+    s = stack(
+        FakeTier("small"),
+        FakeTier("large", Reply(raises=RuntimeError("x"))),
+        shadow={"sampleRate": 1.0},
+    )
+    assert (await s.post()).status_code == 200
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_evaluations") == 0
+    assert s.ingress.engine.breaker("large").available(time.monotonic())  # shadows never trip
+
+
+# -- invalid requests, reconfigure, small endpoints -----------------------------------------
+
+
+@aio
+async def test_invalid_requests_are_400_naming_the_field() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"))
+    cases: list[tuple[str, Any, str | None]] = [
+        ("/v1/completions", b"{not json", None),
+        ("/v1/completions", b"[1, 2]", None),
+        ("/v1/completions", {"model": MODEL}, "prompt"),
+        ("/v1/chat/completions", {"model": MODEL}, "messages"),
+        ("/v1/completions", {**PROMPT, "max_tokens": "many"}, "max_tokens"),
+        (
+            "/v1/completions",
+            {**PROMPT, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+    ]
+    for path, body, param in cases:
+        kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+        r = await s.request("POST", path, **kwargs)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["param"] == param, body
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert not s.tiers["small"].requests
+
+
+def test_reconfigure_refuses_bad_configs_and_keeps_the_last_good_one() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"), threshold=0.3)
+    good = s.ingress.config
+    bad = [
+        user_config(
+            ["small", "large"],
+            mode="upfront",
+            upfront={"scorer": {"type": "linear", "path": "/nope.json"}},
+        ),
+        user_config(["small", "large"], threshold=1.5),
+        user_config(["small", "large"], thresold=0.2),
+        user_config(["small", "huge"]),
+        user_config(["small", "large"], forceTopTier=[{"name": "x", "patterns": ["("]}]),
+    ]
+    for config in bad:
+        with pytest.raises(Exception):  # noqa: B017 - pydantic, ValueError, re.error, OSError
+            s.ingress.reconfigure(config)
+        assert s.ingress.config is good
+
+
+@aio
+async def test_models_and_health() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"))
+    ids = [m["id"] for m in (await s.request("GET", "/v1/models")).json()["data"]]
+    assert ids == [MODEL, f"{MODEL}:small", f"{MODEL}:large"]
+    assert (await s.request("GET", "/healthz")).json() == {"status": "ok"}
+
+
+def test_the_deployment_wraps_the_plain_class_under_the_shared_name() -> None:
+    from tierserve.names import INGRESS_DEPLOYMENT
+
+    assert deployment.name == INGRESS_DEPLOYMENT
+    assert issubclass(deployment.func_or_class, TierIngress)
+
+
+def test_build_args_are_validated_like_llm_serving_args() -> None:
+    from tierserve.api.v1alpha1 import ModelTier
+    from tierserve.build import render
+    from tierserve.serving.app import TieredServingArgs
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(examples.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            mt = ModelTier.model_validate(doc)
+            args = render.serve_application(mt)["args"]
+            spec = TieredServingArgs.model_validate(args)
+            assert [t.name for t in spec.tiers] == [t.name for t in mt.spec.tiers]
+            assert spec.tiers[0].llm_config.model_id == (
+                mt.spec.tiers[0].model.id or mt.spec.tiers[0].name
+            )
+            for bad in (
+                {**args, "tiers": []},
+                {**args, "tiers": args["tiers"] * 2},
+                {**args, "x": 1},
+            ):
+                with pytest.raises(ValueError):
+                    TieredServingArgs.model_validate(bad)

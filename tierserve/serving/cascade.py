@@ -1,0 +1,345 @@
+"""The cascade engine: the one place a request meets the tiers.
+
+`CascadeEngine.run` climbs from the plan's first tier until an answer is kept; each rung is one
+tier and, when it cannot answer, the tiers after it in the fallback order. A rung reads only
+what its decision needs and holds it back: the whole answer when the client does not stream,
+the first `earlyDecisionTokens` tokens when it does (the first chunk when there is no decision
+to make), so the client never sees tokens of an answer that is then abandoned.
+`CascadeEngine.deliver` hands the kept answer's chunks to the client and reads the rest of its
+stream. Streaming and non-streaming share everything else: the fallback order, the per-tier
+circuit breakers, the backpressure rules, shadow sampling, the metrics, and the deadline
+(`requestTimeoutSeconds` from the request's arrival bounds every await, the rest of a stream
+included).
+
+Decisions are `tierserve.serving.routing`'s pure functions; the calls to the tiers
+(`ray.serve.llm` LLMServer deployments behind Serve handles opened with `stream=True`) are
+`tierserve.serving.tiers`'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierserve.api.v1alpha1 import Fallback
+from tierserve.serving import routing
+from tierserve.serving.config import IngressConfig
+from tierserve.serving.errors import (
+    OVERLOAD_RETRY_AFTER_S,
+    DeadlineExceeded,
+    IngressError,
+    InvalidRequest,
+    TierOverloaded,
+    TierUnavailable,
+)
+from tierserve.serving.metrics import IngressMetrics
+from tierserve.serving.routing import CircuitBreaker, Plan
+from tierserve.serving.tiers import Attempt, Call, Chunk, backpressure, tier_request
+
+logger = logging.getLogger("tierserve.ingress")
+
+
+class Deadline:
+    """`seconds` from now on `clock`; every await of the request gets at most what is left."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]):
+        self.clock = clock
+        self.at = clock() + seconds
+
+    def left(self) -> float:
+        return self.at - self.clock()
+
+
+@dataclass
+class Outcome:
+    """The kept answer and how it was reached."""
+
+    attempt: Attempt
+    escalated: bool
+    confidence: float | None
+    reason: str
+
+    @property
+    def tier(self) -> str:
+        return self.attempt.tier.name
+
+
+@dataclass
+class Refusals:
+    """Why the tiers of one rung did not answer, and so what the client is told."""
+
+    busy: dict[int, float] = field(default_factory=dict)  # tier -> its Retry-After
+    broken: list[str] = field(default_factory=list)
+
+    def error(self, cfg: IngressConfig, deadline: Deadline) -> IngressError:
+        """504 when the time ran out; 429 when only full queues refused; else 503."""
+        if deadline.left() <= 0:
+            limit = cfg.request_timeout_seconds
+            detail = "".join(f"; {reason}" for reason in self.broken)
+            return DeadlineExceeded(
+                f"no tier answered within requestTimeoutSeconds ({limit}s){detail}"
+            )
+        if self.busy and not self.broken:
+            return TierOverloaded("every tier is at capacity", retry_after=min(self.busy.values()))
+        reasons = self.broken + [f"{len(self.busy)} tier(s) at capacity"] * bool(self.busy)
+        return TierUnavailable("no tier could answer; " + "; ".join(reasons))
+
+
+class CascadeEngine:
+    """Runs requests over the tiers' Serve handles (opened with `stream=True`).
+
+    `clock` (monotonic seconds) and `sample` (uniform in [0, 1)) are injected so tests drive the
+    breakers, the deadline and shadow sampling without waiting or chance.
+    """
+
+    def __init__(
+        self,
+        handles: Mapping[str, Any],
+        metrics: IngressMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sample: Callable[[], float] = random.random,
+    ):
+        self.handles = dict(handles)
+        self.metrics = metrics
+        self.clock = clock
+        self.sample = sample
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def breaker(self, tier: str) -> CircuitBreaker:
+        return self.breakers.setdefault(tier, CircuitBreaker())
+
+    def open_circuits(self) -> list[str]:
+        now = self.clock()
+        return [name for name, b in self.breakers.items() if not b.available(now)]
+
+    async def drain(self) -> None:
+        """Waits for the shadow evaluations in progress (tests; shutdown)."""
+        while self.shadow_tasks:
+            await asyncio.gather(*self.shadow_tasks, return_exceptions=True)
+
+    # -- choosing the answer -----------------------------------------------------------------
+
+    async def run(self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline) -> Outcome:
+        """Climbs from `plan.start` until an answer is kept; raises the IngressError to answer."""
+        try:
+            return await self._climb(cfg, plan, call, deadline)
+        except (TierOverloaded, TierUnavailable, DeadlineExceeded) as exc:
+            outcome = "overloaded" if isinstance(exc, TierOverloaded) else "error"
+            self.metrics.answered(cfg.tiers[plan.start].name, str(cfg.mode), {}, outcome)
+            raise
+
+    async def _climb(
+        self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline
+    ) -> Outcome:
+        refused: set[int] = set()  # tiers that failed or were full during this request
+        # Lower answers kept while a higher tier is tried, for previousTier to come back to.
+        parked: dict[int, Attempt] = {}
+        index, climbed, score, reason = plan.start, False, None, plan.reason
+        try:
+            while True:
+                climb = plan.cascade and index < cfg.top
+                attempt = await self._rung(cfg, call, index, climb, deadline, refused, parked)
+                if attempt.index != index:
+                    escalated = climbed and attempt.index > plan.start
+                    return Outcome(attempt, escalated, score, f"fallback:{cfg.tiers[index].name}")
+                if not climb:
+                    return Outcome(attempt, climbed, score, reason)
+                tier, above = cfg.tiers[index].name, cfg.tiers[index + 1].name
+                score = routing.confidence(attempt.tokens, cfg.cascade.confidence)
+                self.metrics.confidence(tier, score)
+                if not routing.should_escalate(1.0 - score, cfg.threshold):
+                    return Outcome(attempt, climbed, score, reason)
+                self.metrics.escalation(tier, above, "low-confidence")
+                if cfg.fallback == Fallback.PREVIOUS_TIER:
+                    parked[index] = attempt
+                else:
+                    await attempt.close()
+                index, climbed, reason = index + 1, True, "low-confidence"
+        finally:
+            for attempt in parked.values():
+                await attempt.close()
+
+    async def _rung(
+        self,
+        cfg: IngressConfig,
+        call: Call,
+        index: int,
+        climb: bool,
+        deadline: Deadline,
+        refused: set[int],
+        parked: dict[int, Attempt],
+    ) -> Attempt:
+        """Tier `index`'s answer, or that of the first tier after it in the fallback order."""
+        order = routing.fallback_order(len(cfg.tiers), index, cfg.fallback)
+        order = [i for i in order if i not in refused]
+        refusals = Refusals()
+        for position, i in enumerate(order):
+            attempt = parked.pop(i, None)
+            if attempt is None:
+                if deadline.left() <= 0:
+                    break
+                able = sum(j in parked or self._closed(cfg, j) for j in order[position:])
+                budget = routing.attempt_budget(deadline.left(), able)
+                attempt = await self._try(cfg, call, i, climb and i == index, budget, refusals)
+            if attempt is None:
+                refused.add(i)
+                continue
+            if i != index:
+                moved = "overloaded" if index in refusals.busy else "error"
+                self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[i].name, moved)
+            return attempt
+        raise refusals.error(cfg, deadline)
+
+    def _closed(self, cfg: IngressConfig, index: int) -> bool:
+        """Whether tier `index`'s circuit lets requests through (closed, or half-open)."""
+        return self.breaker(cfg.tiers[index].name).available(self.clock())
+
+    async def _try(
+        self,
+        cfg: IngressConfig,
+        call: Call,
+        index: int,
+        logprobs: bool,
+        budget: float,
+        refusals: Refusals,
+    ) -> Attempt | None:
+        """Tier `index`'s attempt, or None with the reason noted: its breaker is the judge.
+
+        A full tier (Serve's backpressure) is busy, not broken: it does not count against its
+        circuit breaker. A tier's 4xx is the request's fault: it goes to the client as is.
+        """
+        name = cfg.tiers[index].name
+        breaker = self.breaker(name)
+        if not breaker.available(self.clock()):
+            refusals.broken.append(f"tier {name} is cooling down after repeated failures")
+            return None
+        try:
+            attempt = await self._attempt(cfg, call, index, logprobs, budget)
+        except InvalidRequest:
+            raise
+        except Exception as exc:  # replica died, timed out, full, or unavailable
+            full = backpressure(exc)
+            if full is not None:
+                refusals.busy[index] = full.retry_after_s or OVERLOAD_RETRY_AFTER_S
+                return None
+            breaker.record(False, self.clock())
+            why = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+            refusals.broken.append(f"tier {name} failed: {why}"[:300])
+            logger.warning(refusals.broken[-1])
+            return None
+        breaker.record(True, self.clock())
+        return attempt
+
+    async def _attempt(
+        self, cfg: IngressConfig, call: Call, index: int, logprobs: bool, budget: float
+    ) -> Attempt:
+        """Calls tier `index` and reads what its decision needs, within `budget` seconds."""
+        attempt = self._open(
+            cfg, call, index, tier_request(cfg, call, index, logprobs=logprobs, stream=call.stream)
+        )
+        tokens = cfg.cascade.early_decision_tokens if logprobs else 0
+        try:
+            await asyncio.wait_for(attempt.hold(call.chat, tokens), timeout=budget)
+        except BaseException:
+            await attempt.close()
+            raise
+        return attempt
+
+    def _open(self, cfg: IngressConfig, call: Call, index: int, request: Any) -> Attempt:
+        tier = cfg.tiers[index]
+        handle = self.handles[tier.name]
+        method = handle.chat if call.chat else handle.completions
+        gen = method.remote(request, None)
+        return Attempt(index, tier, gen, request.stream, self.metrics, self.clock)
+
+    # -- handing it over ---------------------------------------------------------------------
+
+    async def deliver(
+        self, cfg: IngressConfig, call: Call, outcome: Outcome, deadline: Deadline
+    ) -> AsyncIterator[Chunk]:
+        """The kept answer's chunks as the client gets them, then the rest of its stream.
+
+        The HTTP status is sent by then, so a tier failing or the deadline passing mid-stream
+        ends it with one error chunk. Once done the request is counted, and a sample of
+        lower-tier answers (streamed ones too) is compared with the top tier's, off the path.
+        """
+        attempt = outcome.attempt
+        texts: list[str] = []
+        usage: dict[str, Any] = {}
+        result: str | None = None
+        try:
+            chunks = list(attempt.held)
+            while True:
+                for chunk in chunks:
+                    texts.append(routing.answer_text(chunk, call.chat))
+                    usage = chunk.get("usage") or usage
+                    yield self._present(chunk, call)
+                if attempt.finished:
+                    break
+                if deadline.left() <= 0:
+                    raise TimeoutError
+                chunks = await asyncio.wait_for(attempt.read(call.chat), timeout=deadline.left())
+            result = "ok"
+        except TimeoutError:
+            result = "error"  # the dashboards' failure series; the client reads 504
+            limit = cfg.request_timeout_seconds
+            yield DeadlineExceeded(f"requestTimeoutSeconds ({limit}s) passed mid-stream").body()
+        except IngressError as exc:
+            result = "error"
+            yield exc.body()
+        except Exception as exc:
+            self.breaker(outcome.tier).record(False, self.clock())
+            result = "error"
+            logger.warning("tier %s failed mid-stream: %r", outcome.tier, exc)
+            yield TierUnavailable(f"tier {outcome.tier} failed mid-stream: {exc!r}"[:300]).body()
+        finally:
+            await attempt.close()
+            if result is not None:  # None: the client went away
+                self.metrics.answered(outcome.tier, str(cfg.mode), usage, result)
+            if result == "ok":
+                self._maybe_shadow(cfg, call, attempt.index, "".join(texts))
+
+    @staticmethod
+    def _present(chunk: Chunk, call: Call) -> Chunk:
+        """The client's model name; logprobs only if it asked for them."""
+        chunk["model"] = call.model
+        if not call.wants_logprobs:
+            for choice in chunk.get("choices") or []:
+                choice.pop("logprobs", None)
+        return chunk
+
+    # -- shadow evaluation -------------------------------------------------------------------
+
+    def _maybe_shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
+        """A sample of lower-tier answers is re-asked of the top tier, off the request path."""
+        rate = cfg.shadow.sample_rate
+        if rate <= 0 or index == cfg.top or self.sample() >= rate:
+            return
+        task = asyncio.create_task(self._shadow(cfg, call, index, text))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
+        top = cfg.top
+        if not self.breaker(cfg.tiers[top].name).available(self.clock()):
+            return  # a broken top tier gets no extra traffic; shadows never touch the breakers
+        try:
+            request = tier_request(cfg, call, top, logprobs=False, stream=False)
+            attempt = self._open(cfg, call, top, request)
+            try:
+                await asyncio.wait_for(attempt.hold(call.chat, 0), cfg.request_timeout_seconds)
+            finally:
+                await attempt.close()
+        except Exception as exc:  # shadow traffic never affects users
+            logger.info("shadow request failed: %r", exc)
+            return
+        reference = routing.answer_text(attempt.held[0], call.chat)
+        agreed = routing.normalise_answer(reference) == routing.normalise_answer(text)
+        self.metrics.shadow(cfg.tiers[index].name, agreed)

@@ -1,0 +1,315 @@
+"""The ingress: OpenAI-compatible HTTP in front of the tiers' `ray.serve.llm` deployments.
+
+`TierIngress` is a plain class; `make_app` is the app factory that builds its FastAPI app, and
+Serve calls it through `__serve_build_asgi_app__` on each replica (`serve.ingress()` without an
+app, as `ray.serve.llm`'s own LLMServer does), so the same app runs in tests with fake handles.
+Requests arrive as the public typed OpenAI models (`ray.serve.llm.openai_api_models`); every
+failure is an `IngressError` written by one exception handler.
+
+The request path: parse, plan (`routing`'s pure decisions), run the cascade
+(`cascade.CascadeEngine`), then one of two thin emitters: a JSON body, or server-sent events.
+The config arrives in `user_config`, so `reconfigure` changes it without restarting anything and
+without touching requests in flight (each request reads the config once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+from tierserve.api.v1alpha1 import RoutingMode
+from tierserve.names import INGRESS_DEPLOYMENT
+from tierserve.serving import routing
+from tierserve.serving.cascade import CascadeEngine, Deadline, Outcome
+from tierserve.serving.config import IngressConfig, TierRef, config_hash
+from tierserve.serving.errors import IngressError, InvalidRequest
+from tierserve.serving.metrics import IngressMetrics, MetricSink
+from tierserve.serving.scorers import Scorer, load_scorer
+from tierserve.serving.tiers import Call, Chunk
+
+logger = logging.getLogger("tierserve.ingress")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Who answered and why, as the client reads it in headers and in the body's `tierserve`."""
+
+    tier: str
+    escalated: bool
+    confidence: float | None
+    reason: str
+    upfront_score: float | None
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "x-tierserve-tier": self.tier,
+            "x-tierserve-escalated": str(self.escalated).lower(),
+            "x-tierserve-reason": self.reason,
+        }
+        if self.confidence is not None:
+            headers["x-tierserve-confidence"] = f"{self.confidence:.4f}"
+        if self.upfront_score is not None:
+            headers["x-tierserve-upfront-score"] = f"{self.upfront_score:.4f}"
+        return headers
+
+    def body(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "tier": self.tier,
+            "escalated": self.escalated,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
+        if self.upfront_score is not None:
+            info["upfrontScore"] = round(self.upfront_score, 4)
+        return info
+
+
+class TierIngress:
+    """One replica of the ingress. Serve builds it with the tiers' LLMServer handles.
+
+    `metrics`, `clock` and `sample` are for tests: a `MetricSink` such as `MemorySink` instead
+    of Ray's metrics, a fake monotonic clock for breakers and deadlines, a fixed shadow draw.
+    """
+
+    def __init__(
+        self,
+        model_tier: str,
+        tiers: Sequence[tuple[str, Any]],
+        *,
+        metrics: MetricSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sample: Callable[[], float] = random.random,
+    ):
+        self.model_tier = model_tier
+        self.metrics = IngressMetrics(model_tier, metrics)
+        handles = {name: handle.options(stream=True) for name, handle in tiers}
+        self.engine = CascadeEngine(handles, self.metrics, clock=clock, sample=sample)
+        self.scorer: Scorer | None = None
+        self.scorer_key = ""
+        self.config_hash = ""
+        self.config = IngressConfig(
+            model_tier=model_tier,
+            tiers=[TierRef(name=name) for name, _ in tiers],
+            mode=RoutingMode.NONE,
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new config for the next requests; a bad one (or a bad scorer) raises here."""
+        config = IngressConfig.model_validate(user_config)
+        unknown = [t.name for t in config.tiers if t.name not in self.engine.handles]
+        if unknown:
+            raise ValueError(f"tiers {unknown} have no deployment in this application")
+        if config.mode in (RoutingMode.UPFRONT, RoutingMode.HYBRID):
+            spec = config.upfront.scorer.model_dump(mode="json", exclude_none=True)
+            key = json.dumps(spec, sort_keys=True)
+            if key != self.scorer_key:
+                self.scorer, self.scorer_key = load_scorer(spec), key
+        self.config = config
+        self.config_hash = config_hash(user_config)
+        self.metrics.threshold(config.threshold)
+        logger.info("ingress config: mode=%s threshold=%s", config.mode, config.threshold)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve asks each replica for its ASGI app once it is constructed."""
+        return make_app(self)
+
+    # -- the request path --------------------------------------------------------------------
+
+    async def answer(self, call: Call) -> Response:
+        """Parse is done: plan, run the cascade, emit the answer as JSON or as a stream."""
+        cfg = self.config  # one config per request, even if reconfigure() runs meanwhile
+        deadline = Deadline(cfg.request_timeout_seconds, self.engine.clock)
+        started = time.perf_counter()
+        pinned = routing.resolve_model(cfg, call.request.model)
+        text = routing.prompt_text(
+            getattr(call.request, "messages", None), getattr(call.request, "prompt", None)
+        )
+        forced = routing.forced_rule(cfg, text) if pinned is None else None
+        score = None
+        upfront_mode = cfg.mode in (RoutingMode.UPFRONT, RoutingMode.HYBRID)
+        if pinned is None and not forced and upfront_mode and self.scorer is not None:
+            score = self.scorer.score(text)
+        plan = routing.plan_request(cfg, pinned, forced, score)
+        self.metrics.decision(time.perf_counter() - started)
+        if plan.start > 0 and plan.reason != "pinned":
+            self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
+        outcome = await self.engine.run(cfg, plan, call, deadline)
+        upfront = score if plan.reason == "upfront-score" else None
+        decision = _decision(outcome, upfront, plan.start)
+        chunks = self.engine.deliver(cfg, call, outcome, deadline)
+        if call.stream:
+            return await _sse(chunks, decision)
+        return await _json(chunks, decision)
+
+    def current_config(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "modelTier": cfg.model_tier,
+            "configHash": self.config_hash,
+            "mode": str(cfg.mode),
+            "threshold": cfg.threshold,
+            "tiers": [t.name for t in cfg.tiers],
+            "openCircuits": self.engine.open_circuits(),
+        }
+
+    def models(self) -> dict[str, Any]:
+        ids = [self.model_tier] + [f"{self.model_tier}:{t.name}" for t in self.config.tiers]
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "owned_by": "tierserve"} for i in ids],
+        }
+
+
+def _decision(outcome: Outcome, upfront: float | None, start: int) -> Decision:
+    escalated = outcome.escalated
+    if upfront is not None:  # the scorer sent it up front, if that tier answered
+        escalated = start > 0 and outcome.attempt.index == start
+    return Decision(outcome.tier, escalated, outcome.confidence, outcome.reason, upfront)
+
+
+async def _json(chunks: AsyncIterator[Chunk], decision: Decision) -> JSONResponse:
+    """A whole answer: the one chunk, with who answered in `tierserve`."""
+    (body,) = [chunk async for chunk in chunks]  # drained: the request is counted at its end
+    body["tierserve"] = decision.body()
+    return JSONResponse(body, headers=decision.headers())
+
+
+async def _sse(chunks: AsyncIterator[Chunk], decision: Decision) -> StreamingResponse:
+    """A stream: each chunk as a server-sent event, then `[DONE]`.
+
+    The first chunk is read here, so `chunks` has started: if the client leaves before the
+    body is sent, its cleanup (closing the tier's stream, the metrics) still runs when it is
+    collected, which a never-started generator would skip.
+    """
+    first = await anext(aiter(chunks), None)
+
+    async def events() -> AsyncIterator[str]:
+        if first is None:
+            yield "data: [DONE]\n\n"
+            return
+        yield f"data: {json.dumps(first)}\n\n"
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=decision.headers())
+
+
+# -- the HTTP app ------------------------------------------------------------------------------
+
+
+def _field(loc: Sequence[Any]) -> str | None:
+    names = [str(part) for part in loc if part != "body" and not isinstance(part, int)]
+    return names[0] if names else None
+
+
+def _invalid(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
+    """A pydantic or FastAPI validation failure as one OpenAI-style 400 naming the field."""
+    first = errors[0] if errors else {}
+    kind, param = first.get("type", ""), _field(first.get("loc") or ())
+    if kind == "json_invalid":
+        return InvalidRequest("request body is not valid JSON")
+    if param is None:
+        return InvalidRequest("request body must be a JSON object")
+    if kind == "missing":
+        return InvalidRequest(f"missing required field {param!r}", param=param)
+    return InvalidRequest(f"invalid {param!r}: {first.get('msg', kind)}", param=param)
+
+
+def _materialised(request: BaseModel) -> BaseModel:
+    """Turns pydantic's lazy iterators in chat messages into lists: they cannot be pickled to
+    a tier, and reading one (for the prompt text) would empty it."""
+    for message in getattr(request, "messages", None) or []:
+        if not isinstance(message, dict):
+            continue
+        for key in ("content", "tool_calls"):
+            value = message.get(key)
+            if isinstance(value, Iterable) and not isinstance(value, str | list | dict):
+                message[key] = list(value)
+    return request
+
+
+def _body_parser(model: type[BaseModel]) -> Callable[[Request], Any]:
+    """Parses the body into `model`; vLLM's own validators raise outside pydantic's errors."""
+
+    async def parse(request: Request) -> BaseModel:
+        try:
+            data = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest("request body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        try:
+            return _materialised(model.model_validate(data))
+        except ValidationError as exc:
+            raise _invalid(exc.errors()) from exc
+        except Exception as exc:  # vLLM's VLLMValidationError names the field as `parameter`
+            message = str(exc.args[0]) if exc.args else type(exc).__name__
+            raise InvalidRequest(message, param=getattr(exc, "parameter", None)) from exc
+
+    return parse
+
+
+CompletionBody = Annotated[CompletionRequest, Depends(_body_parser(CompletionRequest))]
+ChatBody = Annotated[ChatCompletionRequest, Depends(_body_parser(ChatCompletionRequest))]
+
+
+def make_app(ingress: TierIngress) -> FastAPI:
+    """The ingress's FastAPI app: its routes call `ingress`; errors become OpenAI-style JSON.
+
+    Errors: 400 invalid JSON or field (`param` names it), 404 unknown model or tier, 429 with
+    Retry-After when only full tiers refused (Serve backpressure), 503 with Retry-After when no
+    tier could answer, 504 when requestTimeoutSeconds passed before any tier answered.
+    """
+    app = FastAPI(title="tierserve ingress")
+
+    async def ingress_error(_: Request, exc: Exception) -> JSONResponse:
+        error = cast(IngressError, exc)  # registered for IngressError only
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        return await ingress_error(request, _invalid(cast(RequestValidationError, exc).errors()))
+
+    app.add_exception_handler(IngressError, ingress_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/tierserve/config")
+    async def current_config() -> dict[str, Any]:
+        """What the ingress decides with right now, for audits and tests."""
+        return ingress.current_config()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return ingress.models()
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody) -> Response:
+        return await ingress.answer(Call(body, False, body.model or ingress.model_tier))
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody) -> Response:
+        return await ingress.answer(Call(body, True, body.model or ingress.model_tier))
+
+    return app
+
+
+# The Serve deployment: the late-bound ingress calls `__serve_build_asgi_app__` on each replica.
+deployment: Any = serve.deployment(
+    name=INGRESS_DEPLOYMENT, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5}
+)(serve.ingress()(TierIngress))
