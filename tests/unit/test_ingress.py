@@ -523,12 +523,13 @@ async def test_stream_is_shadow_evaluated_after_it_ends() -> None:
 
 @aio
 async def test_stream_deadline_bounds_the_whole_stream_not_each_chunk() -> None:
-    # 20 items 20 ms apart: each chunk is quick, the whole stream takes 400 ms > 150 ms.
-    slow = Reply(text="x" * 40, delay=0.02)
+    # 40 items 20 ms apart: each chunk is quick, the whole stream takes 800 ms, more than the
+    # request's deadline of 2 tiers x 150 ms.
+    slow = Reply(text="x" * 80, delay=0.02)
     s = stack(FakeTier("small", slow), FakeTier("large"), mode="none", requestTimeoutSeconds=0.15)
     started = time.monotonic()
     r = await s.post(stream=True)
-    assert time.monotonic() - started < 0.35
+    assert time.monotonic() - started < 0.6
     assert r.status_code == 200 and headers(r)[0] == "small"
     last = events(r)[-2]
     assert last["error"]["code"] == 504 and last["error"]["type"] == "timeout"
@@ -555,11 +556,13 @@ async def test_a_tier_failing_mid_stream_ends_it_with_an_error_event() -> None:
 
 
 @aio
-async def test_a_hung_tier_leaves_time_for_the_fallback_within_the_deadline() -> None:
+async def test_a_hung_tier_falls_back_after_its_attempt_timeout() -> None:
+    """A dead replica's requests wait for Serve to replace it: the per-tier bound makes that
+    wait a fallback, within the request's deadline (one attempt per tier)."""
     s = stack(FakeTier("small", Reply(hang=True)), FakeTier("large"), requestTimeoutSeconds=0.2)
     started = time.monotonic()
     r = await s.post()
-    assert time.monotonic() - started < 0.2
+    assert 0.2 <= time.monotonic() - started < 0.4
     assert info(r) == ("large", False, "fallback:small")
     assert s.ingress.engine.breaker("small")._consecutive == 1  # a timeout is a failure
 
@@ -574,7 +577,7 @@ async def test_no_answer_within_the_deadline_is_504() -> None:
     for stream in (False, True):
         started = time.monotonic()
         r = await s.post(stream=stream)
-        assert time.monotonic() - started < 0.2
+        assert time.monotonic() - started < 0.35  # two tiers, 0.1 s each
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
     assert s.metric("tierserve_requests", outcome="error") == 2
 

@@ -107,11 +107,12 @@ def test_fallback_order_follows_the_configured_direction() -> None:
     assert routing.fallback_order(3, 1, "none") == [1]
 
 
-def test_a_tier_may_take_its_share_of_the_time_left() -> None:
-    assert routing.attempt_budget(60.0, 2) == 30.0  # the fallback keeps half
-    assert routing.attempt_budget(60.0, 1) == 60.0  # the last one may use it all
-    assert routing.attempt_budget(-1.0, 2) == 0.0
-    assert routing.attempt_budget(3.0, 0) == 3.0
+def test_a_tier_gets_its_own_bound_within_the_requests_deadline() -> None:
+    assert routing.attempt_budget(120.0, 60.0) == 60.0  # a tier gets its own bound
+    assert routing.attempt_budget(45.0, 60.0) == 45.0  # within what the request has left
+    assert routing.attempt_budget(-1.0, 60.0) == 0.0
+    assert routing.request_deadline(60.0, 3) == 180.0  # one attempt per tier
+    assert routing.request_deadline(4.0, 0) == 4.0
 
 
 def test_logprobs_are_read_from_completion_and_chat_chunks() -> None:

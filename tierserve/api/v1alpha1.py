@@ -383,9 +383,10 @@ class Routing(_Model):
         gt=0,
         le=3600,
         description=(
-            "Deadline of one request, from its arrival to its last token, fallbacks included; "
-            "each tier attempt gets an even share of the time left among the tiers that may "
-            "still answer, so a hung tier leaves time for its fallback. Past it: 504."
+            "How long one tier may take to answer (in streaming: to produce its "
+            "early-decision tokens) before the request falls back. The whole request, "
+            "fallbacks and a streamed answer's tail included, is bounded by this times the "
+            "number of tiers; past that the answer is 504, or an error event mid-stream."
         ),
     )
 

@@ -49,6 +49,7 @@ class Deadline:
 
     def __init__(self, seconds: float, clock: Callable[[], float]):
         self.clock = clock
+        self.seconds = seconds
         self.at = clock() + seconds
 
     def left(self) -> float:
@@ -79,11 +80,9 @@ class Refusals:
     def error(self, cfg: IngressConfig, deadline: Deadline) -> IngressError:
         """504 when the time ran out; 429 when only full queues refused; else 503."""
         if deadline.left() <= 0:
-            limit = cfg.request_timeout_seconds
+            limit = deadline.seconds
             detail = "".join(f"; {reason}" for reason in self.broken)
-            return DeadlineExceeded(
-                f"no tier answered within requestTimeoutSeconds ({limit}s){detail}"
-            )
+            return DeadlineExceeded(f"no tier answered within the request's {limit:g}s{detail}")
         if self.busy and not self.broken:
             return TierOverloaded("every tier is at capacity", retry_after=min(self.busy.values()))
         reasons = self.broken + [f"{len(self.busy)} tier(s) at capacity"] * bool(self.busy)
@@ -180,13 +179,12 @@ class CascadeEngine:
         order = routing.fallback_order(len(cfg.tiers), index, cfg.fallback)
         order = [i for i in order if i not in refused]
         refusals = Refusals()
-        for position, i in enumerate(order):
+        for i in order:
             attempt = parked.pop(i, None)
             if attempt is None:
                 if deadline.left() <= 0:
                     break
-                able = sum(j in parked or self._closed(cfg, j) for j in order[position:])
-                budget = routing.attempt_budget(deadline.left(), able)
+                budget = routing.attempt_budget(deadline.left(), cfg.request_timeout_seconds)
                 attempt = await self._try(cfg, call, i, climb and i == index, budget, refusals)
             if attempt is None:
                 refused.add(i)
@@ -196,10 +194,6 @@ class CascadeEngine:
                 self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[i].name, moved)
             return attempt
         raise refusals.error(cfg, deadline)
-
-    def _closed(self, cfg: IngressConfig, index: int) -> bool:
-        """Whether tier `index`'s circuit lets requests through (closed, or half-open)."""
-        return self.breaker(cfg.tiers[index].name).available(self.clock())
 
     async def _try(
         self,
@@ -289,8 +283,8 @@ class CascadeEngine:
             result = "ok"
         except TimeoutError:
             result = "error"  # the dashboards' failure series; the client reads 504
-            limit = cfg.request_timeout_seconds
-            yield DeadlineExceeded(f"requestTimeoutSeconds ({limit}s) passed mid-stream").body()
+            limit = deadline.seconds
+            yield DeadlineExceeded(f"the request's {limit:g}s passed mid-stream").body()
         except IngressError as exc:
             result = "error"
             yield exc.body()

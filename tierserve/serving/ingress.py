@@ -130,7 +130,8 @@ class TierIngress:
     async def answer(self, call: Call) -> Response:
         """Parse is done: plan, run the cascade, emit the answer as JSON or as a stream."""
         cfg = self.config  # one config per request, even if reconfigure() runs meanwhile
-        deadline = Deadline(cfg.request_timeout_seconds, self.engine.clock)
+        seconds = routing.request_deadline(cfg.request_timeout_seconds, len(cfg.tiers))
+        deadline = Deadline(seconds, self.engine.clock)
         started = time.perf_counter()
         pinned = routing.resolve_model(cfg, call.request.model)
         text = routing.prompt_text(

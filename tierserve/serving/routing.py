@@ -157,13 +157,19 @@ def fallback_order(n_tiers: int, index: int, fallback: str) -> list[int]:
     return [index]
 
 
-def attempt_budget(time_left: float, tiers_left: int) -> float:
-    """Seconds one tier may take of what is left of the request's deadline.
+def request_deadline(per_attempt: float, n_tiers: int) -> float:
+    """Seconds a whole request may take: one attempt per tier, a streamed tail included.
 
-    An even share with the tiers still able to take over, so a tier that hangs leaves them time
-    (a fallback on timeout is possible at all); the last one may use everything left.
+    `requestTimeoutSeconds` bounds one tier's attempt (its answer, or in streaming its
+    early-decision tokens), so that a hung tier, e.g. a dead replica's requests waiting for Serve
+    to start another, becomes a fallback; the request as a whole gets that much per tier.
     """
-    return max(time_left, 0.0) / max(tiers_left, 1)
+    return per_attempt * max(n_tiers, 1)
+
+
+def attempt_budget(time_left: float, per_attempt: float) -> float:
+    """Seconds one tier may take: its own bound, within what is left of the request's."""
+    return max(min(time_left, per_attempt), 0.0)
 
 
 def normalise_answer(text: str) -> str:
