@@ -21,7 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "calibrate": (
         "tierserve.tools.calibrate",
-        "train the upfront prompt scorer and choose its threshold from labelled data",
+        "train the upfront prompt scorer and choose its threshold from labelled data; "
+        "`calibrate cascade`: compare the lower tier's confidence metrics and write the "
+        "cascade rank reference",
     ),
     "crds": ("tierserve.api.crd", "generate the ModelTier CRD YAML from the pydantic models"),
     "operator": (

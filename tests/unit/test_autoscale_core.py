@@ -88,6 +88,8 @@ def test_a_modeltiers_metrics_are_removed_when_it_goes() -> None:
             name,
             threshold=0.65,
             desired=0.7,
+            proposed=0.65,
+            observing=False,
             signals=signals,
             available=True,
             cost_factor=3.2,

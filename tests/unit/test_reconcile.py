@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -215,6 +216,52 @@ def test_the_policy_moves_the_deployed_threshold_with_an_event_and_one_write() -
     assert c.body["spec"]["routing"]["escalation"]["threshold"] == 0.6  # spec never written
 
 
+def test_observe_mode_reports_the_move_it_would_make_and_moves_nothing() -> None:
+    c = Cluster()
+    c.body["spec"]["routing"]["escalation"]["autoscale"]["mode"] = "observe"
+    c.signals = Reading(OVER_BUDGET, "")
+    c.reconcile()
+    for _ in range(3):
+        c.later()
+        result = c.reconcile()
+        assert result.step is not None and not result.step.moved
+        assert c.backend.threshold == 0.6  # the router keeps the spec's threshold
+    esc = c.status["escalation"]
+    assert esc["mode"] == "observe"
+    assert esc["threshold"] == 0.6 and esc["proposedThreshold"] == 0.65
+    assert esc["reason"].startswith("observe mode: escalation 60%")
+    assert "lastChangeTime" not in esc
+    assert [(m["from"], m["to"], m["applied"]) for m in esc["history"]] == [(0.6, 0.65, False)] * 3
+    assert esc["history"][-1]["signals"] == {"escalationRate": 0.6, "requestRate": 10.0}
+    assert c.events[-1][2].startswith("observe mode, not applied: would move threshold 0.6 -> 0.65")
+
+    # Switching to apply makes the move at the next decision, and history says it was applied.
+    c.edit_spec("routing.escalation.autoscale.mode", "apply")
+    c.later()
+    c.reconcile()
+    assert c.backend.threshold == 0.65
+    esc = c.status["escalation"]
+    assert esc["mode"] == "apply" and esc["threshold"] == 0.65
+    assert esc["history"][-1]["applied"] is True and esc["history"][-1]["to"] == 0.65
+
+
+def test_history_keeps_the_last_ten_moves_oldest_first() -> None:
+    c = Cluster()
+    c.edit_spec("routing.escalation.bounds.max", 1.0)
+    c.edit_spec("routing.escalation.threshold", 0.3)  # 14 steps of maxStep 0.05 to the bound
+    c.signals = Reading(Signals(escalation_rate=0.9, request_rate=10.0), "")
+    c.reconcile()
+    for _ in range(12):
+        c.later()
+        c.reconcile()
+    history = c.status["escalation"]["history"]
+    assert len(history) == 10
+    assert all(m["applied"] for m in history)
+    assert all(a["to"] == b["from"] for a, b in itertools.pairwise(history))
+    assert history[-1]["to"] == c.backend.threshold
+    assert history[0]["time"] < history[-1]["time"]
+
+
 def test_passes_between_decisions_write_nothing_and_never_move_the_threshold_back() -> None:
     c = Cluster()
     c.signals = Reading(OVER_BUDGET, "")
@@ -327,9 +374,10 @@ def test_removing_autoscale_returns_to_the_spec_and_drops_what_autoscale_wrote()
     result = c.reconcile()
     assert not result.autoscaled
     assert c.backend.threshold == 0.6
-    # What the API server keeps of an escalation with just a threshold (reason and signals
-    # have schema defaults); the policy's desiredThreshold and lastChangeTime are gone.
-    assert c.status["escalation"] == {"threshold": 0.6, "reason": "", "signals": {}}
+    # What the API server keeps of an escalation with just a threshold (reason, signals and
+    # history have schema defaults); the policy's desiredThreshold, lastChangeTime, mode and
+    # its history are gone.
+    assert c.status["escalation"] == {"threshold": 0.6, "reason": "", "signals": {}, "history": []}
     assert "modelledCostFactor" not in c.status
     assert "MetricsAvailable" not in {x["type"] for x in c.status["conditions"]}
 

@@ -67,6 +67,20 @@ def test_difficulty_shift_keeps_the_budget_and_settles() -> None:
     assert abs(result["runs"]["adaptive"].rate[hard][2:].mean() - PARAMS.budget) < 0.02
 
 
+def test_with_sixty_percent_ties_only_the_rank_score_reaches_a_fifty_percent_budget() -> None:
+    """60% of answers have confidence exactly 1.0: 1 - confidence > t can escalate at most the
+    other 40% at any threshold; the rank score splits the ties and the policy lands on 50%."""
+    params = replace(PARAMS, budget=0.5)
+    trace = sim.synthetic("ties", minutes=15, scale=0.5)
+    assert np.mean(trace.score == 0.0) == pytest.approx(0.6, abs=0.01)
+    absolute = sim.compare(trace, sim.sized(trace, params), safe=False)["figures"]["adaptive"]
+    assert absolute["escalation_rate"] < 0.42
+    ranked = sim.ranked(trace)
+    figures = sim.compare(ranked, sim.sized(ranked, params), safe=False)["figures"]["adaptive"]
+    assert figures["budget"]["within_2pp"] >= 0.95
+    assert figures["escalation_rate"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_load_step_on_a_short_frontier_backs_off_and_recovers() -> None:
     trace = sim.synthetic("load-swing", minutes=15, scale=0.5)
     setup = sim.sized(trace, PARAMS, top_tier_busy=1 / 0.6)

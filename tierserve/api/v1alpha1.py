@@ -181,6 +181,11 @@ class ConfidenceMetric(StrEnum):
     QUANTILE = "quantile"
 
 
+class CascadeScore(StrEnum):
+    UNCERTAINTY = "uncertainty"
+    RANK = "rank"
+
+
 class Bounds(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -194,7 +199,21 @@ class Bounds(_Model):
     max: Fraction = Field(default=1.0, description="Highest threshold the autoscaler may set.")
 
 
+class AutoscaleMode(StrEnum):
+    APPLY = "apply"
+    OBSERVE = "observe"
+
+
 class Autoscale(_Model):
+    mode: AutoscaleMode = Field(
+        default=AutoscaleMode.APPLY,
+        description=(
+            "apply: the operator moves the router's threshold. observe: it computes and "
+            "reports the threshold it would set (status.escalation.proposedThreshold, history, "
+            "Events, metrics) and moves nothing, so a reviewer can read the policy's decisions "
+            "before trusting it with the router."
+        ),
+    )
     prometheus_url: str = Field(
         pattern=r"^https?://",
         description="Prometheus HTTP API base URL the operator queries for signals.",
@@ -276,10 +295,45 @@ class Escalation(_Model):
     )
 
 
+class CascadeRank(_Model):
+    window: int = Field(
+        default=1000,
+        ge=10,
+        le=100000,
+        description=(
+            "Reference confidences each router replica ranks against, per lower tier: the "
+            "latest this many answers (seeded from referencePath when given)."
+        ),
+    )
+    reference_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "A CascadeReference JSON file (`tierserve calibrate cascade --out`), as the router "
+            "replicas see it: the confidences of your own traffic, so the ranks mean shares "
+            "from the first request. Unset: the window starts empty and scores are "
+            "1 - confidence until it holds a tenth of its size."
+        ),
+    )
+
+
 class Cascade(_Model):
     confidence: ConfidenceMetric = Field(
         default=ConfidenceMetric.MIN_TOKEN_PROB,
         description="How token logprobs become a confidence score.",
+    )
+    score: CascadeScore = Field(
+        default=CascadeScore.UNCERTAINTY,
+        description=(
+            "The escalation score compared with the threshold. uncertainty: 1 - confidence (an "
+            "absolute bar; when many answers tie at confidence 1.0 some shares are "
+            "unreachable). rank: 1 - the answer's rank among reference confidences, ties "
+            "split by a stable hash of the prompt, so threshold t escalates about 1 - t of "
+            "traffic like the reference and every share from 0 to 1 is reachable."
+        ),
+    )
+    rank: CascadeRank = Field(
+        default_factory=CascadeRank, description="The reference of the rank score."
     )
     early_decision_tokens: int = Field(
         default=8,
@@ -517,9 +571,36 @@ class TierStatus(_Status):
     message: str = Field(default="", description="Serve's message when it is not ready.")
 
 
+class ThresholdMove(_Status):
+    """One decision that moved the threshold (or, in observe mode, would have)."""
+
+    time: str = Field(description="When it was decided (RFC 3339).")
+    from_: float = Field(alias="from", description="The threshold before.")
+    to: float = Field(description="The threshold after (observe mode: that would have been).")
+    applied: bool = Field(description="False in observe mode: the router kept `from`.")
+    constraint: str = Field(description="What set it, e.g. EscalationBudget, TopTierQueue.")
+    reason: str = Field(default="", description="The policy's one-line reason.")
+    signals: dict[str, float] = Field(default_factory=dict, description="The inputs it used.")
+
+
+HISTORY_LENGTH = 10
+
+
 class EscalationStatus(_Status):
     threshold: float | None = Field(default=None, description="Threshold the router uses now.")
     desired_threshold: float | None = Field(default=None, description="What the policy wants.")
+    proposed_threshold: float | None = Field(
+        default=None,
+        description=(
+            "The threshold the policy chose at its last decision, after maxStep and bounds: "
+            "equal to threshold in apply mode, the would-be value in observe mode."
+        ),
+    )
+    mode: str | None = Field(default=None, description="The autoscaler's mode: apply or observe.")
+    history: list[ThresholdMove] = Field(
+        default_factory=list,
+        description=f"The last {HISTORY_LENGTH} moves (observe mode: would-be ones), oldest first.",
+    )
     reason: str = Field(default="", description="Why it has its current value.")
     last_change_time: str | None = Field(
         default=None, description="When the threshold last moved (RFC 3339)."

@@ -96,8 +96,10 @@ async def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         metrics.observe_policy(
             namespace,
             name,
-            threshold=step.decision.threshold,
+            threshold=step.live,
             desired=step.decision.desired,
+            proposed=step.decision.threshold,
+            observing=not step.applied,
             signals=step.signals,
             available=step.available,
             cost_factor=result.cost_factor,

@@ -29,6 +29,16 @@ DESIRED = Gauge(
     "The threshold the policy is heading for.",
     ["namespace", "modeltier"],
 )
+PROPOSED = Gauge(
+    "tierserve_operator_proposed_threshold",
+    "The threshold the policy chose at its last decision (observe mode: would have set).",
+    ["namespace", "modeltier"],
+)
+OBSERVING = Gauge(
+    "tierserve_operator_autoscale_observing",
+    "1 when the autoscaler is in observe mode (decisions reported, not applied).",
+    ["namespace", "modeltier"],
+)
 SIGNAL = Gauge(
     "tierserve_operator_signal",
     "Signals the threshold policy last used.",
@@ -44,7 +54,7 @@ COST_FACTOR = Gauge(
     "All-top-tier cost divided by the modelled cost at the realized escalation rate.",
     ["namespace", "modeltier"],
 )
-PER_MODELTIER = (THRESHOLD, DESIRED, AVAILABLE, COST_FACTOR)
+PER_MODELTIER = (THRESHOLD, DESIRED, PROPOSED, OBSERVING, AVAILABLE, COST_FACTOR)
 
 # The signal series each ModelTier has, to remove exactly those (a signal can go missing).
 _signals: dict[tuple[str, str], set[str]] = {}
@@ -62,6 +72,8 @@ def observe_policy(
     *,
     threshold: float,
     desired: float,
+    proposed: float,
+    observing: bool,
     signals: dict[str, float],
     available: bool,
     cost_factor: float | None,
@@ -69,6 +81,8 @@ def observe_policy(
     """One decision of the threshold policy; missing signals have no series."""
     THRESHOLD.labels(namespace, name).set(threshold)
     DESIRED.labels(namespace, name).set(desired)
+    PROPOSED.labels(namespace, name).set(proposed)
+    OBSERVING.labels(namespace, name).set(1 if observing else 0)
     AVAILABLE.labels(namespace, name).set(1 if available else 0)
     if cost_factor is not None:
         COST_FACTOR.labels(namespace, name).set(cost_factor)

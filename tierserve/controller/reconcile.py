@@ -22,6 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from tierserve.api.v1alpha1 import (
+    HISTORY_LENGTH,
+    AutoscaleMode,
     Condition,
     ConditionReason,
     ConditionStatus,
@@ -29,6 +31,7 @@ from tierserve.api.v1alpha1 import (
     EscalationStatus,
     ModelTier,
     ModelTierStatus,
+    ThresholdMove,
 )
 from tierserve.autoscale.policy import Decision, PolicyMemory, PolicyParams, decide
 from tierserve.autoscale.signals import Reading
@@ -71,10 +74,21 @@ class PolicyStep:
     signals: dict[str, float]
     available: bool
     error: str  # why Prometheus could not be read at all
+    applied: bool = True  # False in observe mode: the decision is reported, not carried out
+
+    @property
+    def proposes_move(self) -> bool:
+        """The decision changes the threshold (or would, in observe mode)."""
+        return self.decision.threshold != self.current
 
     @property
     def moved(self) -> bool:
-        return self.decision.threshold != self.current
+        return self.applied and self.proposes_move
+
+    @property
+    def live(self) -> float:
+        """The threshold in effect after this decision."""
+        return self.decision.threshold if self.applied else self.current
 
     def metrics_condition(self) -> Cond:
         if self.available:
@@ -190,12 +204,15 @@ async def _drive(
         elif params is not None and state.policy_due is not None and started >= state.policy_due:
             state.policy_due = started + params.interval_seconds
             step = await _decide(mt, threshold, params, state, deps)
-            threshold = step.decision.threshold
+            threshold = step.live
         action, seen = await backend.apply(threshold)
     except BackendError as exc:
         return _Done(error=exc)
     if step is not None:
-        state.policy = step.decision.memory  # learned only from decisions that took effect
+        # Learned only from decisions the backend accepted. In observe mode the threshold
+        # holds, so the pooled rate evidence stays valid and no slope is learned from a
+        # move that did not happen (the next pass sees no change).
+        state.policy = step.decision.memory
     return _Done(action, seen, threshold, step)
 
 
@@ -206,9 +223,11 @@ def _events(done: _Done, backend: Backend, previous: ModelTierStatus) -> list[Ev
     if done.action != Action.UNCHANGED:
         what = f"{done.action.value} {backend.kind} {backend.application}"
         events.append(Event("Normal", done.action.value.capitalize(), what))
-    if done.step is not None and done.step.moved:
+    if done.step is not None and done.step.proposes_move:
         decision = done.step.decision
         why = f"threshold {done.step.current:g} -> {decision.threshold:g}: {decision.reason}"
+        if not done.step.applied:
+            why = f"observe mode, not applied: would move {why}"
         events.append(Event("Normal", decision.constraint, why))
     return events
 
@@ -228,7 +247,11 @@ async def _decide(
     reading = await deps.read_signals(mt)
     decision = decide(current, reading.signals, params, state.policy)
     signals = reading.signals
-    return PolicyStep(current, decision, signals.as_status(), signals.available(), reading.error)
+    auto = mt.spec.routing.escalation.autoscale
+    applied = auto is None or auto.mode == AutoscaleMode.APPLY
+    return PolicyStep(
+        current, decision, signals.as_status(), signals.available(), reading.error, applied
+    )
 
 
 def _escalation(
@@ -244,18 +267,39 @@ def _escalation(
     old, step = previous.escalation, done.step
     if step is None:
         live = done.threshold if done.threshold is not None else old.threshold
-        kept = old.model_copy(update={"threshold": spec.threshold if live is None else live})
+        update = {
+            "threshold": spec.threshold if live is None else live,
+            "mode": spec.autoscale.mode,
+        }
+        kept = old.model_copy(update=update)
         cond = previous.condition(METRICS)
         if cond is None:
             return kept, None
         return kept, (METRICS, cond.status == ConditionStatus.TRUE, cond.reason, cond.message)
     decision = step.decision
+    history = old.history
+    if step.proposes_move:
+        move = ThresholdMove.model_validate(
+            {
+                "time": now,
+                "from": step.current,
+                "to": decision.threshold,
+                "applied": step.applied,
+                "constraint": decision.constraint,
+                "reason": decision.reason,
+                "signals": step.signals,
+            }
+        )
+        history = [*history, move][-HISTORY_LENGTH:]
     escalation = EscalationStatus(
-        threshold=decision.threshold,
+        threshold=step.live,
         desired_threshold=decision.desired,
-        reason=decision.reason,
+        proposed_threshold=decision.threshold,
+        mode=spec.autoscale.mode,
+        reason=decision.reason if step.applied else f"observe mode: {decision.reason}",
         last_change_time=now if step.moved else old.last_change_time,
         signals=step.signals,
+        history=history,
     )
     return escalation, step.metrics_condition()
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierserve.api.v1alpha1 import Fallback
+from tierserve.api.v1alpha1 import CascadeScore, Fallback
 from tierserve.serving import routing
 from tierserve.serving.config import IngressConfig
 from tierserve.serving.errors import (
@@ -38,6 +38,7 @@ from tierserve.serving.errors import (
     TierUnavailable,
 )
 from tierserve.serving.metrics import IngressMetrics
+from tierserve.serving.rank import RankWindow, escalation_score, load_reference, tie_break
 from tierserve.serving.routing import CircuitBreaker, Plan
 from tierserve.serving.tiers import Attempt, Call, Chunk, backpressure, tier_request
 
@@ -110,6 +111,53 @@ class CascadeEngine:
         self.sample = sample
         self.breakers: dict[str, CircuitBreaker] = {}
         self.shadow_tasks: set[asyncio.Task[None]] = set()
+        self.windows: dict[str, RankWindow] = {}  # lower tier -> its rank reference
+        self.seeded: set[str] = set()  # tiers whose window started from a reference file
+        self.rank_key: tuple[Any, ...] = ()
+
+    def configure(self, cfg: IngressConfig) -> None:
+        """Prepares the rank score's windows; a bad reference file raises (in reconfigure).
+
+        The windows survive reconfigures that leave the rank settings alone (the autoscaler
+        moving the threshold): the reference must not restart with every move."""
+        if cfg.cascade.score != CascadeScore.RANK:
+            self.windows, self.seeded, self.rank_key = {}, set(), ()
+            return
+        rank, metric = cfg.cascade.rank, str(cfg.cascade.confidence)
+        key = (rank.window, rank.reference_path, metric, tuple(t.name for t in cfg.tiers))
+        if key == self.rank_key:
+            return
+        seed: list[float] = []
+        ref_tier = ""
+        if rank.reference_path:
+            ref_metric, ref_tier, seed = load_reference(rank.reference_path)
+            if ref_metric and ref_metric != metric:
+                raise ValueError(
+                    f"cascade rank reference {rank.reference_path} holds {ref_metric} "
+                    f"confidences, but routing.cascade.confidence is {metric}"
+                )
+        lower = [t.name for t in cfg.tiers[: cfg.top]]
+        if ref_tier and ref_tier not in lower:
+            raise ValueError(
+                f"cascade rank reference {rank.reference_path} is for tier {ref_tier!r}, "
+                f"not one of the lower tiers {lower}"
+            )
+        self.seeded = {t for t in lower if seed and ref_tier in ("", t)}
+        self.windows = {t: RankWindow(rank.window, seed if t in self.seeded else ()) for t in lower}
+        self.rank_key = key
+
+    def escalation_score(
+        self, cfg: IngressConfig, index: int, confidence: float, call: Call
+    ) -> float:
+        """What the threshold is compared with: 1 - confidence, or 1 - its rank (see rank.py)."""
+        if cfg.cascade.score != CascadeScore.RANK:
+            return 1.0 - confidence
+        tier = cfg.tiers[index].name
+        window = self.windows.get(tier)
+        if window is None:  # configure() not run for this config (tests that skip it)
+            window = self.windows[tier] = RankWindow(cfg.cascade.rank.window)
+        tie = tie_break(call.text, index)
+        return escalation_score(window, confidence, tie, tier in self.seeded)
 
     def breaker(self, tier: str) -> CircuitBreaker:
         return self.breakers.setdefault(tier, CircuitBreaker())
@@ -153,7 +201,8 @@ class CascadeEngine:
                 tier, above = cfg.tiers[index].name, cfg.tiers[index + 1].name
                 score = routing.confidence(attempt.tokens, cfg.cascade.confidence)
                 self.metrics.confidence(tier, score)
-                if not routing.should_escalate(1.0 - score, cfg.threshold):
+                escalation = self.escalation_score(cfg, index, score, call)
+                if not routing.should_escalate(escalation, cfg.threshold):
                     return Outcome(attempt, climbed, score, reason)
                 self.metrics.escalation(tier, above, "low-confidence")
                 if cfg.fallback == Fallback.PREVIOUS_TIER:

@@ -43,6 +43,12 @@ class Call:
         return bool(self.request.stream)
 
     @property
+    def text(self) -> str:
+        """The prompt's text, as force rules, scorers and the rank score's tie-break see it."""
+        r = self.request
+        return routing.prompt_text(getattr(r, "messages", None), getattr(r, "prompt", None))
+
+    @property
     def wants_logprobs(self) -> bool:
         """Chat asks with `logprobs: true`, completions with a count (0 included)."""
         logprobs = self.request.logprobs

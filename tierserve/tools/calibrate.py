@@ -5,6 +5,9 @@ for a target escalation share, and reports routing quality on held-out prompts a
 heuristic scorer, random routing and an oracle. Offline only: scikit-learn is imported inside
 the functions that need it. The router never imports this module; it loads the JSON this
 writes through `tierserve.serving.scorers`.
+
+`tierserve calibrate cascade ...` is the cascade-mode counterpart (confidence metrics of the
+lower tier's answers, the rank reference file): `calibrate_cascade`, dispatched from `main`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tierserve.serving.scorers import (
     QuantileMap,
     Scorer,
 )
-from tierserve.tools import quality, training
+from tierserve.tools import calibrate_cascade, quality, training
 from tierserve.tools.labelled import DEFAULT_DATA, DataError, Example, labels, load_data, split
 
 DEFAULT_MARGIN = float(Upfront().hybrid_margin)
@@ -92,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="tierserve calibrate",
         description="Train the upfront prompt scorer on labelled prompts, choose the threshold "
         "for a target escalation share, and report routing quality on held-out prompts.",
+        epilog="Cascade mode: `tierserve calibrate cascade --table answers.csv [--metric M] "
+        "[--target-share S]... [--out reference.json] [--json]` evaluates the lower tier's "
+        "confidence metrics (AUROC, APGR, CPT 50/80/95%%, ECE, Brier) on a table of its "
+        "answers, recommends one and writes the CascadeReference file the router ranks "
+        "against; see `tierserve calibrate cascade --help`.",
     )
     p.add_argument(
         "--data",
@@ -324,6 +332,9 @@ def _print(report: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cascade"]:
+        return calibrate_cascade.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not 0 < args.target_escalation < 1:

@@ -164,3 +164,65 @@ def oracle_scores(weak_correct: ArrayLike, strong_correct: ArrayLike) -> NDArray
     w = np.asarray(weak_correct, dtype=np.float64)
     g = np.asarray(strong_correct, dtype=np.float64)
     return (1.0 + g - w) / 2.0
+
+
+# Confidence as a probability that the weak tier answered correctly (cascade mode, where the
+# escalation score is 1 - confidence): how well it ranks answers and how well it is calibrated.
+
+
+def _confidence_arrays(
+    confidence: ArrayLike, correct: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    c = np.asarray(confidence, dtype=np.float64).ravel()
+    y = np.asarray(correct).ravel().astype(bool)
+    if len(c) != len(y):
+        raise ValueError(f"lengths differ: {len(c)} confidences, {len(y)} outcomes")
+    if len(c) == 0:
+        raise ValueError("no answers to evaluate")
+    if np.isnan(c).any():
+        raise ValueError("confidences contain NaN")
+    return c, y
+
+
+def auroc(confidence: ArrayLike, correct: ArrayLike) -> float:
+    """Area under the ROC curve of `confidence` as a predictor of `correct`.
+
+    The chance that a correct answer has a higher confidence than a wrong one, ties counting
+    half (Mann-Whitney U with average ranks): 1 separates perfectly, 0.5 is chance (and exactly
+    what a constant confidence gets), below 0.5 ranks the wrong answers higher.
+    """
+    c, y = _confidence_arrays(confidence, correct)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both correct and wrong answers")
+    order = np.argsort(c, kind="stable")
+    c_sorted = c[order]
+    starts = np.flatnonzero(np.concatenate([[True], c_sorted[1:] != c_sorted[:-1]]))
+    ends = np.concatenate([starts[1:], [len(c)]])
+    average_rank = (starts + 1 + ends) / 2.0  # 1-based ranks starts+1 .. ends, averaged
+    ranks = np.empty(len(c), dtype=np.float64)
+    ranks[order] = np.repeat(average_rank, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def expected_calibration_error(probability: ArrayLike, outcome: ArrayLike, bins: int = 10) -> float:
+    """ECE with `bins` equal-width bins over [0, 1] (the last one includes 1.0).
+
+    Sum over bins of (share of answers in the bin) * |mean probability - share correct|: 0 when
+    in every bin the stated probability is the observed accuracy.
+    """
+    p, y = _confidence_arrays(probability, outcome)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("probabilities must lie in [0, 1]")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.bincount(which, weights=p, minlength=bins) - np.bincount(
+        which, weights=y.astype(np.float64), minlength=bins
+    )
+    return float(np.abs(gap).sum() / len(p))
+
+
+def brier_score(probability: ArrayLike, outcome: ArrayLike) -> float:
+    """Mean squared difference between the probability and the 0/1 outcome (0 is perfect)."""
+    p, y = _confidence_arrays(probability, outcome)
+    return float(np.mean((p - y.astype(np.float64)) ** 2))

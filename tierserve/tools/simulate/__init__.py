@@ -37,7 +37,14 @@ from tierserve.tools.simulate.evaluation import (
 )
 from tierserve.tools.simulate.queueing import LARGE, SMALL, Setup, TierModel, sized, small_tier
 from tierserve.tools.simulate.replay import Run, simulate
-from tierserve.tools.simulate.traces import ROUTELLM, Trace, mmlu, read_trace, synthetic
+from tierserve.tools.simulate.traces import (
+    ROUTELLM,
+    Trace,
+    mmlu,
+    ranked,
+    read_trace,
+    synthetic,
+)
 
 __all__ = [
     "LARGE",
@@ -53,6 +60,7 @@ __all__ = [
     "compare",
     "main",
     "mmlu",
+    "ranked",
     "read_trace",
     "run_scenarios",
     "safe_static",

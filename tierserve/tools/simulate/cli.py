@@ -15,19 +15,31 @@ from tierserve.autoscale.policy import PolicyParams, parse_duration
 from tierserve.tools.simulate.evaluation import compare
 from tierserve.tools.simulate.queueing import Setup, sized
 from tierserve.tools.simulate.report import plot, print_figures, print_intervals, write_intervals
-from tierserve.tools.simulate.traces import ROUTELLM, Trace, mmlu, read_trace, synthetic
+from tierserve.tools.simulate.traces import (
+    ROUTELLM,
+    Trace,
+    mmlu,
+    ranked,
+    read_trace,
+    synthetic,
+)
 
-SCENARIOS = ("load-swing", "difficulty-shift", "overload", "mmlu")
+SCENARIOS = ("load-swing", "difficulty-shift", "overload", "mmlu", "ties")
 
 
 def scenario(
-    name: str, params: PolicyParams, seed: int = 0, minutes: int = 120, data: Path = ROUTELLM
+    name: str,
+    params: PolicyParams,
+    seed: int = 0,
+    minutes: int = 120,
+    data: Path = ROUTELLM,
+    rank: bool = False,
 ) -> tuple[Trace, Setup]:
     """A trace and the deployment it runs on.
 
     load-swing, difficulty-shift, mmlu: the top tier has room for the budget at peak (80% busy).
     overload: the load swing with a top tier sized for 60% of what the budget needs at peak, so
-    capacity, not the budget, limits escalation at peak.
+    capacity, not the budget, limits escalation at peak. `rank`: the router's rank score.
     """
     if name == "mmlu":
         trace = mmlu(data, seed=seed, minutes=minutes)
@@ -37,6 +49,8 @@ def scenario(
         trace.description = "10x load swing, top tier sized for 60% of the budget at peak"
     else:
         trace = synthetic(name, seed=seed, minutes=minutes)
+    if rank:
+        trace = ranked(trace)
     busy = 1.0 / 0.6 if name == "overload" else 0.8
     return trace, sized(trace, params, top_tier_busy=busy, seed=seed)
 
@@ -56,6 +70,7 @@ def run_scenarios(
     per_interval: bool = False,
     suffix: str = "",
     data: Path = ROUTELLM,
+    rank: bool = False,
 ) -> dict[str, Any]:
     """Simulate, print, and write a PNG and a per-interval CSV for each scenario."""
     out.mkdir(parents=True, exist_ok=True)
@@ -64,8 +79,8 @@ def run_scenarios(
         if name == "mmlu" and not (data / "mmlu").is_dir():
             print(f"skipping mmlu: {data / 'mmlu'} not found", file=sys.stderr)
             continue
-        trace, setup = scenario(name, params, seed=seed, minutes=minutes, data=data)
-        collected[name + suffix] = _run_one(
+        trace, setup = scenario(name, params, seed=seed, minutes=minutes, data=data, rank=rank)
+        collected[trace.name + suffix] = _run_one(
             trace, setup, out, top_tier_replicas, per_interval, suffix
         )
     return collected
@@ -108,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-target", type=float, help="proposed: p95 TTFT target, s")
     parser.add_argument("--agreement-target", type=float, help="proposed: shadow agreement target")
     parser.add_argument("--top-tier-replicas", type=int, help="default: sized for the trace")
+    parser.add_argument(
+        "--cascade-score",
+        choices=["uncertainty", "rank"],
+        default="uncertainty",
+        help="routing.cascade.score: 1 - confidence, or its rank among recent confidences",
+    )
     parser.add_argument("--per-interval", action="store_true", help="print every interval")
     parser.add_argument("--data", type=Path, default=ROUTELLM, help="RouteLLM evals folder")
     args = parser.parse_args(argv)
@@ -123,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.trace:
         trace = read_trace(args.trace)
+        if args.cascade_score == "rank":
+            trace = ranked(trace)
         setup = sized(trace, params, seed=args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
         collected = {
@@ -139,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_tier_replicas=args.top_tier_replicas,
             per_interval=args.per_interval,
             data=args.data,
+            rank=args.cascade_score == "rank",
         )
     (args.out / "figures.json").write_text(json.dumps(collected, indent=2) + "\n")
     return 0

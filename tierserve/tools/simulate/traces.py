@@ -8,7 +8,7 @@ import csv
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
 
+TIED_SHARE = 0.6  # the `ties` trace: share of answers with confidence exactly 1.0
 ROUTELLM = Path(os.environ.get("TIERSERVE_ROUTELLM_DATA", "/work/shared/data/routellm"))
 
 
@@ -86,6 +87,9 @@ def synthetic(kind: str, seed: int = 0, minutes: int = 120, scale: float = 1.0) 
 
     - load-swing: 20 req/s, a 10x step to 200 req/s at 1/3, a ramp back down from 2/3 to 5/6.
     - difficulty-shift: 100 req/s; harder traffic (shift 0.7) from 1/3 to 2/3 of the trace.
+    - ties: 100 req/s; the 60% most confident answers have confidence exactly 1.0 (every
+      token's logprob 0.0, as short answers of real models do): escalation score 0.0, so the
+      absolute rule cannot escalate more than 40%, whatever the threshold.
 
     `scale` multiplies the load (smaller traces for tests).
     """
@@ -99,6 +103,10 @@ def synthetic(kind: str, seed: int = 0, minutes: int = 120, scale: float = 1.0) 
         )
         events = [(a * 60, "load 20 -> 200 req/s", True), (b * 60, "ramp down to 20 req/s", False)]
         description = "10x load swing: 20 req/s, step to 200 req/s, ramp back down"
+    elif kind == "ties":
+        rate = _step_profile([(0, 100), (m, 100)])
+        events = []
+        description = "60% of answers certain (confidence exactly 1.0), 100 req/s"
     elif kind == "difficulty-shift":
         rate = _step_profile([(0, 100), (m, 100)])
         events = [(a * 60, "harder traffic", True), (b * 60, "traffic back to normal", True)]
@@ -118,6 +126,8 @@ def synthetic(kind: str, seed: int = 0, minutes: int = 120, scale: float = 1.0) 
     agree = (small & large) | (~small & ~large & (rng.random(n) < 1 / 3))
     perceived = d - 0.5 * shift
     score = _sigmoid(-1.5 + 0.6 * perceived + 0.8 * (~small) + rng.normal(0.0, 1.1, n))
+    if kind == "ties":
+        score = np.where(score <= np.quantile(score, TIED_SHARE), 0.0, score)
     return Trace(
         name=kind,
         description=description,
@@ -207,6 +217,29 @@ def mmlu(data: Path = ROUTELLM, seed: int = 0, minutes: int = 120, rate: float =
         large_tokens=large_tokens[rows],
         events=[(a, "hardest subjects only", True), (b, "all subjects again", True)],
     )
+
+
+def ranked(trace: Trace, window: int = 1000) -> Trace:
+    """`trace` with the router's rank score (`routing.cascade.score: rank`) instead of 1 -
+    confidence: each request ranked among the previous `window` confidences, ties split by a
+    stable hash, as every router replica does. The window starts from the trace's first
+    `window` requests, as a reference file from `tierserve calibrate cascade` on the same
+    kind of traffic would; the ranks then depend only on the order of arrivals, so they can be
+    computed before the replay."""
+    from tierserve.serving.rank import RankWindow, escalation_score, tie_break
+
+    confidence = 1.0 - trace.score
+    reference = RankWindow(window, confidence[:window].tolist())
+    score = np.array(
+        [
+            escalation_score(reference, float(c), tie_break(f"request {i}", 0), seeded=True)
+            for i, c in enumerate(confidence)
+        ]
+    )
+    out = replace(trace, score=score)
+    out.name = f"{trace.name}-rank"
+    out.description = f"{trace.description}; rank score"
+    return out
 
 
 def _bools(values: list[str]) -> Bools:
