@@ -36,7 +36,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 SPEC_THRESHOLD = 0.5
 
 
-def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
+def test_observe_then_apply_under_queue_pressure_and_prometheus_loss_holds_it(
     control_plane: ControlPlaneInfo,
     kubectl: Run,
     namespace: str,
@@ -62,6 +62,7 @@ def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
                     "threshold": SPEC_THRESHOLD,
                     "bounds": {"min": 0.2, "max": 0.95},
                     "autoscale": {
+                        "mode": "observe",  # first: report the decisions, move nothing
                         "prometheusURL": prom.url,
                         "interval": "5s",
                         "maxEscalationRate": 1.0,  # no budget: only the queue can push back
@@ -84,7 +85,7 @@ def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
 
         # Drive the top tier past its queue target: six clients pinned to it, each request
         # generating 200 tokens (~0.5 s here), so about five wait in vLLM's queue at any time.
-        stop_at = time.monotonic() + 150
+        stop_at = time.monotonic() + 240
         codes: list[int] = []
 
         def burst() -> None:
@@ -100,6 +101,15 @@ def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
 
         last: dict[str, Any] = {}
 
+        def router_threshold() -> float:
+            url = f"{ray_head.serve_url}/{name}/tierserve/config"
+            return float(httpx.get(url, timeout=10).json()["threshold"])
+
+        def observed() -> dict[str, Any] | None:
+            last.update(mt_status(kubectl, name, namespace).get("escalation") or {})
+            proposed = float(last.get("proposedThreshold") or 0)
+            return dict(last) if proposed > SPEC_THRESHOLD else None
+
         def raised() -> dict[str, Any] | None:
             last.update(mt_status(kubectl, name, namespace).get("escalation") or {})
             return dict(last) if float(last.get("threshold") or 0) > SPEC_THRESHOLD else None
@@ -107,6 +117,21 @@ def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
         with futures.ThreadPoolExecutor(6) as pool:
             running = [pool.submit(burst) for _ in range(6)]
             try:
+                try:
+                    seen = eventually(observed, "observe mode to propose a rise", timeout=120)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; last status.escalation: {last}") from None
+                # Observe mode: the decision is in status, the router keeps the spec's value.
+                print(f"\nobserve mode under queue pressure: {seen}")
+                assert seen["mode"] == "observe" and seen["threshold"] == SPEC_THRESHOLD, seen
+                assert seen["reason"].startswith("observe mode: top-tier queue"), seen
+                assert seen["history"] and not seen["history"][-1]["applied"], seen
+                assert seen["history"][-1]["from"] == SPEC_THRESHOLD, seen
+                assert router_threshold() == SPEC_THRESHOLD
+                patch = {"spec": {"routing": {"escalation": {"autoscale": {"mode": "apply"}}}}}
+                kubectl(
+                    "patch", "mt", name, "-n", namespace, "--type", "merge", "-p", json.dumps(patch)
+                )
                 try:
                     esc = eventually(raised, "the threshold to rise under load", timeout=120)
                 except AssertionError as exc:
@@ -123,10 +148,11 @@ def test_top_queue_raises_the_threshold_and_prometheus_loss_holds_it(
         moves = [e for e in events["items"] if e.get("reason") == "TopTierQueue"]
         messages = [e["message"] for e in moves]  # one Event per move, in no set order
         assert any(m.startswith("threshold 0.5 -> ") for m in messages), messages
+        assert any(m.startswith("observe mode, not applied: would move") for m in messages)
         assert all("top-tier queue" in m for m in messages), messages
+        assert esc["history"][-1]["applied"] and esc["mode"] == "apply", esc
         # The router itself decides with the new threshold (pushed through user_config).
-        live = httpx.get(f"{ray_head.serve_url}/{name}/tierserve/config", timeout=10).json()
-        assert live["threshold"] > SPEC_THRESHOLD
+        assert router_threshold() > SPEC_THRESHOLD
 
         # Prometheus gone: the threshold holds where it is and MetricsAvailable=False says why.
         prom.stop()

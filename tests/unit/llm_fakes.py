@@ -40,6 +40,7 @@ class Reply:
     stall_after: int | None = None  # streaming: hang after this many tokens
     delay: float = 0.0  # seconds before each streamed item
     batch: int = 2  # streamed chunks per item
+    top: dict[str, float] | None = None  # the first token's top logprobs (whole answers)
 
 
 def full(retry_after: float | None = 2.0) -> BackPressureError:
@@ -145,6 +146,12 @@ def _whole(chat: bool, request: Any, reply: Reply) -> Any:
             "top_logprobs": [None] * len(tokens),
             "text_offset": list(range(len(tokens))),
         }
+    if reply.top is not None and tokens:
+        if chat:
+            tops = [_chat_token(t, lp) for t, lp in reply.top.items()]
+            logprobs["content"][0]["top_logprobs"] = tops
+        else:
+            logprobs["top_logprobs"][0] = dict(reply.top)
     choice["logprobs"] = logprobs if request.logprobs else None
     body = {"model": request.model, "choices": [choice], "usage": usage}
     return (ChatCompletionResponse if chat else CompletionResponse).model_validate(body)

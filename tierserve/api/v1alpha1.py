@@ -179,6 +179,7 @@ class ConfidenceMetric(StrEnum):
     MIN_TOKEN_PROB = "minTokenProb"
     MEAN_LOGPROB = "meanLogprob"
     QUANTILE = "quantile"
+    SELF_CHECK = "selfCheck"
 
 
 class CascadeScore(StrEnum):
@@ -317,10 +318,42 @@ class CascadeRank(_Model):
     )
 
 
+DEFAULT_SELF_CHECK_PROMPT = "Is the answer above correct? Answer yes or no."
+
+
+class SelfCheck(_Model):
+    prompt: str = Field(
+        default=DEFAULT_SELF_CHECK_PROMPT,
+        min_length=1,
+        max_length=2048,
+        description=(
+            "The question put to the lower tier after its answer: a new user message in chat, "
+            "a new line after the answer for completions."
+        ),
+    )
+    yes_tokens: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=lambda: ["yes"],
+        min_length=1,
+        max_length=16,
+        description=(
+            "Tokens that mean yes, compared case-insensitively and without surrounding "
+            "spaces; P(yes) is the sum of their probabilities among the first token's top 20."
+        ),
+    )
+
+
 class Cascade(_Model):
     confidence: ConfidenceMetric = Field(
         default=ConfidenceMetric.MIN_TOKEN_PROB,
-        description="How token logprobs become a confidence score.",
+        description=(
+            "How the lower tier's answer becomes a confidence. minTokenProb, meanLogprob, "
+            "quantile: from its token logprobs. selfCheck: one more call to the same tier "
+            "(selfCheck.prompt, max_tokens 1) and the probability it answers yes; when "
+            "streaming, asked about the first earlyDecisionTokens tokens."
+        ),
+    )
+    self_check: SelfCheck = Field(
+        default_factory=SelfCheck, description="The selfCheck confidence's question."
     )
     score: CascadeScore = Field(
         default=CascadeScore.UNCERTAINTY,

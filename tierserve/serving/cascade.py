@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierserve.api.v1alpha1 import CascadeScore, Fallback
+from tierserve.api.v1alpha1 import CascadeScore, ConfidenceMetric, Fallback
 from tierserve.serving import routing
 from tierserve.serving.config import IngressConfig
 from tierserve.serving.errors import (
@@ -40,7 +40,14 @@ from tierserve.serving.errors import (
 from tierserve.serving.metrics import IngressMetrics
 from tierserve.serving.rank import RankWindow, escalation_score, load_reference, tie_break
 from tierserve.serving.routing import CircuitBreaker, Plan
-from tierserve.serving.tiers import Attempt, Call, Chunk, backpressure, tier_request
+from tierserve.serving.tiers import (
+    Attempt,
+    Call,
+    Chunk,
+    backpressure,
+    self_check_request,
+    tier_request,
+)
 
 logger = logging.getLogger("tierserve.ingress")
 
@@ -199,7 +206,7 @@ class CascadeEngine:
                 if not climb:
                     return Outcome(attempt, climbed, score, reason)
                 tier, above = cfg.tiers[index].name, cfg.tiers[index + 1].name
-                score = routing.confidence(attempt.tokens, cfg.cascade.confidence)
+                score = await self._confidence(cfg, call, attempt, deadline)
                 self.metrics.confidence(tier, score)
                 escalation = self.escalation_score(cfg, index, score, call)
                 if not routing.should_escalate(escalation, cfg.threshold):
@@ -213,6 +220,33 @@ class CascadeEngine:
         finally:
             for attempt in parked.values():
                 await attempt.close()
+
+    async def _confidence(
+        self, cfg: IngressConfig, call: Call, attempt: Attempt, deadline: Deadline
+    ) -> float:
+        """The answer's confidence: from its token logprobs, or by asking the tier (selfCheck).
+
+        A self-check that fails or runs out of time gives confidence 0: when in doubt, the
+        request goes up, as it would if the tier had been unsure."""
+        metric = cfg.cascade.confidence
+        if metric != ConfidenceMetric.SELF_CHECK:
+            return routing.confidence(attempt.tokens, metric)
+        tier = attempt.tier.name
+        answer = "".join(routing.answer_text(c, call.chat) for c in attempt.held)
+        request = self_check_request(cfg, call, attempt.index, answer)
+        check = self._open(cfg, call, attempt.index, request)
+        budget = routing.attempt_budget(deadline.left(), cfg.request_timeout_seconds)
+        try:
+            await asyncio.wait_for(check.hold(call.chat, 0), timeout=budget)
+        except Exception as exc:
+            logger.warning("self-check on tier %s failed: %r", tier, exc)
+            self.metrics.self_check(tier, "error", {})
+            return 0.0
+        finally:
+            await check.close()
+        chunk = check.held[0]
+        self.metrics.self_check(tier, "ok", chunk.get("usage") or {})
+        return routing.p_yes(chunk, call.chat, cfg.cascade.self_check.yes_tokens)
 
     async def _rung(
         self,

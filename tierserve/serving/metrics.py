@@ -160,6 +160,11 @@ class IngressMetrics:
             "Lower-tier answers compared with the top tier's.",
             _keys("modeltier", "tier", "agreed"),
         )
+        self._self_checks = metrics.counter(
+            "tierserve_self_checks",
+            "selfCheck calls to a lower tier (their cost: one more prompt each), by outcome.",
+            _keys("modeltier", "tier", "outcome"),
+        )
         self._in_flight = metrics.gauge(
             "tierserve_in_flight_requests",
             "Requests in progress, by tier.",
@@ -201,6 +206,14 @@ class IngressMetrics:
 
     def shadow(self, tier: str, agreed: bool) -> None:
         self._shadow.inc(1, self._t(tier=tier, agreed=str(agreed).lower()))
+
+    def self_check(self, tier: str, outcome: str, usage: dict[str, Any]) -> None:
+        """One selfCheck call (`ok` or `error`); its tokens count as the tier's `self_check`."""
+        self._self_checks.inc(1, self._t(tier=tier, outcome=outcome))
+        for kind in ("prompt", "completion"):
+            count = usage.get(f"{kind}_tokens")
+            if count:
+                self._tokens.inc(count, self._t(tier=tier, kind=f"self_check_{kind}"))
 
     def gpu_seconds(self, tier: str, gpus: int, seconds: float) -> None:
         if gpus > 0:

@@ -99,6 +99,35 @@ def confidence(token_logprobs: Sequence[float | None], metric: str = "minTokenPr
     return math.exp(min(values))
 
 
+def p_yes(chunk: dict[str, Any], chat: bool, yes_tokens: Sequence[str]) -> float:
+    """P(yes) of a self-check answer: the probability mass of the yes tokens among the first
+    generated token's top logprobs (several spellings of yes can each hold some of it)."""
+    yes = {t.strip().lower() for t in yes_tokens}
+    choices = chunk.get("choices") or []
+    logprobs = (choices[0].get("logprobs") or {}) if choices else {}
+    if chat:
+        content = logprobs.get("content") or []
+        top = (
+            {e.get("token", ""): e.get("logprob") for e in content[0].get("top_logprobs") or []}
+            if content
+            else {}
+        )
+        if content:
+            top.setdefault(content[0].get("token", ""), content[0].get("logprob"))
+    else:
+        firsts = logprobs.get("top_logprobs") or []
+        top = dict(firsts[0] or {}) if firsts else {}
+        tokens, values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
+        if tokens and values:
+            top.setdefault(tokens[0], values[0])
+    mass = sum(
+        math.exp(lp)
+        for token, lp in top.items()
+        if lp is not None and not math.isnan(lp) and str(token).strip().lower() in yes
+    )
+    return min(mass, 1.0)
+
+
 def should_escalate(score: float, threshold: float) -> bool:
     """The one rule: escalate when the score clears the bar."""
     return score > threshold

@@ -118,6 +118,37 @@ def tier_request(
     return call.request.model_copy(update=update)
 
 
+SELF_CHECK_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+
+
+def self_check_request(cfg: IngressConfig, call: Call, index: int, answer: str) -> Any:
+    """The lower tier asked about its own answer: one token, with its top logprobs."""
+    check = cfg.cascade.self_check
+    update: dict[str, Any] = {
+        "model": cfg.tiers[index].model_id,
+        "stream": False,
+        "stream_options": None,
+        "max_tokens": 1,
+        "n": 1,
+        "temperature": 0.0,
+    }
+    if call.chat:
+        messages = list(call.request.messages)
+        messages += [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": check.prompt},
+        ]
+        update |= {"messages": messages, "logprobs": True, "top_logprobs": SELF_CHECK_TOP_LOGPROBS}
+        update["max_completion_tokens"] = None
+    else:
+        update |= {
+            "prompt": f"{call.text}{answer}\n{check.prompt}\n",
+            "logprobs": SELF_CHECK_TOP_LOGPROBS,
+            "echo": False,
+        }
+    return call.request.model_copy(update=update)
+
+
 async def _close(gen: Any) -> None:
     """Stops an abandoned stream, so the tier stops generating for nobody."""
     aclose = getattr(gen, "aclose", None)
