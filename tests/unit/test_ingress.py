@@ -26,8 +26,10 @@ import pytest
 import yaml
 
 from tests.unit.llm_fakes import CONFIDENT, UNSURE, FakeTier, Reply, full
-from tierserve.serving.ingress import TierIngress, deployment
+from tests.unit.test_validation import MALFORMED
+from tierserve.serving.ingress import MAX_BODY_BYTES_ENV, TierIngress, deployment
 from tierserve.serving.metrics import MemorySink
+from tierserve.serving.validation import DEFAULT_MAX_BODY_BYTES, Endpoint
 
 pytestmark = pytest.mark.unit
 
@@ -102,11 +104,17 @@ def stack(
     *tiers: FakeTier,
     clock: Callable[[], float] = time.monotonic,
     sample: Callable[[], float] = lambda: 0.0,
+    max_body_bytes: int | None = None,
     **routing: Any,
 ) -> Stack:
     sink = MemorySink()
     ingress = TierIngress(
-        MODEL, [(t.name, t) for t in tiers], metrics=sink, clock=clock, sample=sample
+        MODEL,
+        [(t.name, t) for t in tiers],
+        metrics=sink,
+        clock=clock,
+        sample=sample,
+        max_body_bytes=max_body_bytes,
     )
     ingress.reconfigure(user_config([t.name for t in tiers], **routing))
     return Stack(ingress, sink, {t.name: t for t in tiers})
@@ -659,6 +667,129 @@ async def test_invalid_requests_are_400_naming_the_field() -> None:
         assert r.json()["error"]["param"] == param, body
         assert r.json()["error"]["type"] == "invalid_request_error"
     assert not s.tiers["small"].requests
+
+
+def tiers_called(s: Stack) -> int:
+    return sum(len(t.requests) for t in s.tiers.values())
+
+
+def is_json_error(r: httpx.Response) -> bool:
+    """An OpenAI-style error body: JSON, never text and never an event stream."""
+    if not r.headers["content-type"].startswith("application/json"):
+        return False
+    error = r.json().get("error") or {}
+    return {"message", "type", "param", "code"} <= error.keys() and error["code"] == r.status_code
+
+
+@aio
+async def test_malformed_requests_never_reach_a_tier() -> None:
+    """Every malformed kind of tests/unit/test_validation.py, through the app."""
+    s = stack(FakeTier("small"), FakeTier("large"))
+    for case in MALFORMED:
+        path = "/v1/chat/completions" if case.endpoint is Endpoint.CHAT else "/v1/completions"
+        content = json.dumps(case.body).encode()
+        r = await s.request("POST", path, content=content)
+        assert r.status_code == case.status, (case.name, r.text)
+        assert is_json_error(r), (case.name, r.text)
+        assert r.json()["error"]["param"] == case.param, case.name
+    assert tiers_called(s) == 0
+
+
+@aio
+async def test_a_malformed_streaming_request_is_a_json_error_before_any_stream() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"))
+    bad: list[tuple[dict[str, Any], int, str]] = [
+        ({"n": 2}, 400, "n"),  # vLLM refuses it before streaming; the router streamed an error
+        ({"temperature": -1}, 400, "temperature"),
+        ({"max_tokens": "many"}, 400, "max_tokens"),
+        ({"model": "gpt-4"}, 404, "model"),
+    ]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        for fields, status, param in bad:
+            r = await s.post(path, stream=True, **fields)
+            assert (r.status_code, is_json_error(r)) == (status, True), (path, fields, r.text)
+            assert r.json()["error"]["param"] == param and "data:" not in r.text
+    assert tiers_called(s) == 0
+
+
+@aio
+async def test_an_oversize_body_is_413_whether_announced_or_chunked() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"), max_body_bytes=1000)
+    big = json.dumps({**PROMPT, "prompt": "x" * 2000}).encode()
+    r = await s.request("POST", "/v1/completions", content=big)  # with a Content-Length
+    assert (r.status_code, is_json_error(r)) == (413, True)
+    assert "request body" in r.json()["error"]["message"]
+
+    async def chunked() -> Any:  # no Content-Length: counted while it is read
+        for start in range(0, len(big), 100):
+            yield big[start : start + 100]
+
+    r = await s.request("POST", "/v1/completions", content=chunked())
+    assert (r.status_code, is_json_error(r)) == (413, True)
+    assert (await s.post(prompt="x" * 500)).status_code == 200  # under the limit
+    assert tiers_called(s) == 1
+
+
+def test_the_body_limit_defaults_to_4_mib_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert stack(FakeTier("small")).ingress.max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    monkeypatch.setenv(MAX_BODY_BYTES_ENV, "65536")
+    assert stack(FakeTier("small")).ingress.max_body_bytes == 65536
+
+
+@aio
+async def test_an_exception_inside_a_tier_is_a_json_error_not_text() -> None:
+    boom = Reply(raises=KeyError("unexpected"))
+    s = stack(FakeTier("small", boom), FakeTier("large", boom))
+    for stream in (False, True):
+        r = await s.post(stream=stream)
+        assert (r.status_code, is_json_error(r)) == (503, True), r.text
+        assert "unexpected" in r.json()["error"]["message"]
+
+
+class BrokenScorer:
+    def score(self, text: str) -> float:
+        raise ZeroDivisionError("a bug on the request path")
+
+
+@aio
+async def test_an_unexpected_exception_in_the_handler_is_a_json_500_not_text() -> None:
+    s = stack(FakeTier("small"), FakeTier("large"), mode="upfront")
+    s.ingress.scorer = BrokenScorer()
+    for stream in (False, True):
+        r = await s.post(stream=stream)
+        assert (r.status_code, is_json_error(r)) == (500, True), r.text
+        assert r.json()["error"]["type"] == "server_error"
+        assert "ZeroDivisionError" in r.json()["error"]["message"]
+    assert tiers_called(s) == 0
+
+
+@aio
+async def test_unknown_paths_and_methods_are_json_errors_too() -> None:
+    s = stack(FakeTier("small"))
+    r = await s.request("POST", "/v1/embeddings", json=PROMPT)
+    assert (r.status_code, is_json_error(r)) == (404, True)
+    r = await s.request("GET", "/v1/chat/completions")
+    assert (r.status_code, is_json_error(r)) == (405, True)
+    assert "POST" in r.headers["allow"]
+
+
+@aio
+async def test_a_prompt_longer_than_a_tiers_context_is_its_400_passed_through() -> None:
+    too_long = (
+        "This model's maximum context length is 2048 tokens. However, your prompt contains "
+        "5000 input tokens, which exceeds this limit even without any output tokens."
+    )
+    refusal = Reply(error=(400, too_long, "input_tokens"))  # as vLLM's renderer names it
+    s = stack(FakeTier("small", refusal), FakeTier("large"))
+    for path, param in (("/v1/completions", "prompt"), ("/v1/chat/completions", "messages")):
+        for stream in (False, True):
+            r = await s.post(path, stream=stream)
+            assert (r.status_code, is_json_error(r)) == (400, True), (path, stream, r.text)
+            assert r.json()["error"]["message"] == too_long
+            assert r.json()["error"]["param"] == param
+    assert not s.tiers["large"].requests  # the request's fault: no fallback
 
 
 def test_reconfigure_refuses_bad_configs_and_keeps_the_last_good_one() -> None:

@@ -3,8 +3,9 @@
 `TierIngress` is a plain class; `make_app` is the app factory that builds its FastAPI app, and
 Serve calls it through `__serve_build_asgi_app__` on each replica (`serve.ingress()` without an
 app, as `ray.serve.llm`'s own LLMServer does), so the same app runs in tests with fake handles.
-Requests arrive as the public typed OpenAI models (`ray.serve.llm.openai_api_models`); every
-failure is an `IngressError` written by one exception handler.
+Requests are read (size-bounded) and validated by `validation` into the public typed OpenAI
+models (`ray.serve.llm.openai_api_models`) before any tier is called or any stream starts; every
+failure is an `IngressError` written by one exception handler, and anything else a JSON 500.
 
 The request path: parse, plan (`routing`'s pure decisions), run the cascade
 (`cascade.CascadeEngine`), then one of two thin emitters: a JSON body, or server-sent events.
@@ -16,30 +17,36 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tierserve.api.v1alpha1 import RoutingMode
 from tierserve.names import INGRESS_DEPLOYMENT
-from tierserve.serving import routing
+from tierserve.serving import routing, validation
 from tierserve.serving.cascade import CascadeEngine, Deadline, Outcome
 from tierserve.serving.config import IngressConfig, TierRef, config_hash
 from tierserve.serving.errors import IngressError, InvalidRequest
 from tierserve.serving.metrics import IngressMetrics, MetricSink
 from tierserve.serving.scorers import Scorer, load_scorer
 from tierserve.serving.tiers import Call, Chunk
+from tierserve.serving.validation import Endpoint
 
 logger = logging.getLogger("tierserve.ingress")
+
+# The body size limit, for a replica whose requests legitimately carry more (long documents,
+# images as data URLs): an env var, as Serve's runtime_env sets them.
+MAX_BODY_BYTES_ENV = "TIERSERVE_MAX_BODY_BYTES"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class TierIngress:
 
     `metrics`, `clock` and `sample` are for tests: a `MetricSink` such as `MemorySink` instead
     of Ray's metrics, a fake monotonic clock for breakers and deadlines, a fixed shadow draw.
+    `max_body_bytes` bounds a request's body (default: $TIERSERVE_MAX_BODY_BYTES, else 4 MiB).
     """
 
     def __init__(
@@ -91,8 +99,11 @@ class TierIngress:
         metrics: MetricSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         sample: Callable[[], float] = random.random,
+        max_body_bytes: int | None = None,
     ):
         self.model_tier = model_tier
+        default = os.environ.get(MAX_BODY_BYTES_ENV) or validation.DEFAULT_MAX_BODY_BYTES
+        self.max_body_bytes = max_body_bytes or int(default)
         self.metrics = IngressMetrics(model_tier, metrics)
         handles = {name: handle.options(stream=True) for name, handle in tiers}
         self.engine = CascadeEngine(handles, self.metrics, clock=clock, sample=sample)
@@ -116,6 +127,7 @@ class TierIngress:
             key = json.dumps(spec, sort_keys=True)
             if key != self.scorer_key:
                 self.scorer, self.scorer_key = load_scorer(spec), key
+        self.engine.configure(config)
         self.config = config
         self.config_hash = config_hash(user_config)
         self.metrics.threshold(config.threshold)
@@ -127,6 +139,12 @@ class TierIngress:
 
     # -- the request path --------------------------------------------------------------------
 
+    async def parse(self, request: Request, endpoint: Endpoint) -> Call:
+        """The request, read and validated: what is wrong with it is refused here, named."""
+        raw = await _read_body(request, self.max_body_bytes)
+        body = validation.parse(raw, endpoint, self.config, self.max_body_bytes)
+        return Call(body, endpoint is Endpoint.CHAT, body.model or self.model_tier)
+
     async def answer(self, call: Call) -> Response:
         """Parse is done: plan, run the cascade, emit the answer as JSON or as a stream."""
         cfg = self.config  # one config per request, even if reconfigure() runs meanwhile
@@ -134,9 +152,7 @@ class TierIngress:
         deadline = Deadline(seconds, self.engine.clock)
         started = time.perf_counter()
         pinned = routing.resolve_model(cfg, call.request.model)
-        text = routing.prompt_text(
-            getattr(call.request, "messages", None), getattr(call.request, "prompt", None)
-        )
+        text = call.text
         forced = routing.forced_rule(cfg, text) if pinned is None else None
         score = None
         upfront_mode = cfg.mode in (RoutingMode.UPFRONT, RoutingMode.HYBRID)
@@ -146,7 +162,11 @@ class TierIngress:
         self.metrics.decision(time.perf_counter() - started)
         if plan.start > 0 and plan.reason != "pinned":
             self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
-        outcome = await self.engine.run(cfg, plan, call, deadline)
+        try:
+            outcome = await self.engine.run(cfg, plan, call, deadline)
+        except InvalidRequest as exc:  # a tier's 4xx: name the field as the client wrote it
+            exc.param = validation.client_param(exc.param, call.chat)
+            raise
         upfront = score if plan.reason == "upfront-score" else None
         decision = _decision(outcome, upfront, plan.start)
         chunks = self.engine.deliver(cfg, call, outcome, deadline)
@@ -211,68 +231,57 @@ async def _sse(chunks: AsyncIterator[Chunk], decision: Decision) -> StreamingRes
 # -- the HTTP app ------------------------------------------------------------------------------
 
 
-def _field(loc: Sequence[Any]) -> str | None:
-    names = [str(part) for part in loc if part != "body" and not isinstance(part, int)]
-    return names[0] if names else None
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it is known to be over `limit` bytes: from its
+    Content-Length before reading, or while reading one that has none (chunked)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit():
+        validation.check_size(int(length), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        validation.check_size(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _invalid(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
-    """A pydantic or FastAPI validation failure as one OpenAI-style 400 naming the field."""
-    first = errors[0] if errors else {}
-    kind, param = first.get("type", ""), _field(first.get("loc") or ())
-    if kind == "json_invalid":
-        return InvalidRequest("request body is not valid JSON")
-    if param is None:
-        return InvalidRequest("request body must be a JSON object")
-    if kind == "missing":
-        return InvalidRequest(f"missing required field {param!r}", param=param)
-    return InvalidRequest(f"invalid {param!r}: {first.get('msg', kind)}", param=param)
+class _JSONErrors:
+    """Last resort: an exception no handler answered becomes an OpenAI-style JSON 500 instead of
+    Starlette's plain-text one. Once a response has started it can only be logged and re-raised
+    (a stream's own failures are error events, written by the cascade)."""
 
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
-def _materialised(request: BaseModel) -> BaseModel:
-    """Turns pydantic's lazy iterators in chat messages into lists: they cannot be pickled to
-    a tier, and reading one (for the prompt text) would empty it."""
-    for message in getattr(request, "messages", None) or []:
-        if not isinstance(message, dict):
-            continue
-        for key in ("content", "tool_calls"):
-            value = message.get(key)
-            if isinstance(value, Iterable) and not isinstance(value, str | list | dict):
-                message[key] = list(value)
-    return request
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
 
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-def _body_parser(model: type[BaseModel]) -> Callable[[Request], Any]:
-    """Parses the body into `model`; vLLM's own validators raise outside pydantic's errors."""
-
-    async def parse(request: Request) -> BaseModel:
         try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest("request body is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        try:
-            return _materialised(model.model_validate(data))
-        except ValidationError as exc:
-            raise _invalid(exc.errors()) from exc
-        except Exception as exc:  # vLLM's VLLMValidationError names the field as `parameter`
-            message = str(exc.args[0]) if exc.args else type(exc).__name__
-            raise InvalidRequest(message, param=getattr(exc, "parameter", None)) from exc
-
-    return parse
-
-
-CompletionBody = Annotated[CompletionRequest, Depends(_body_parser(CompletionRequest))]
-ChatBody = Annotated[ChatCompletionRequest, Depends(_body_parser(ChatCompletionRequest))]
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            error = IngressError(f"internal error: {exc!r}"[:300])
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
 
 def make_app(ingress: TierIngress) -> FastAPI:
     """The ingress's FastAPI app: its routes call `ingress`; errors become OpenAI-style JSON.
 
-    Errors: 400 invalid JSON or field (`param` names it), 404 unknown model or tier, 429 with
-    Retry-After when only full tiers refused (Serve backpressure), 503 with Retry-After when no
-    tier could answer, 504 when requestTimeoutSeconds passed before any tier answered.
+    Errors: 400 invalid JSON or field (`param` names it), 413 body over the limit, 404 unknown
+    model or tier, 429 with Retry-After when only full tiers refused (Serve backpressure), 503
+    with Retry-After when no tier could answer, 504 when requestTimeoutSeconds passed before any
+    tier answered, 500 for anything unexpected: all OpenAI-style JSON, never plain text.
     """
     app = FastAPI(title="tierserve ingress")
 
@@ -281,10 +290,24 @@ def make_app(ingress: TierIngress) -> FastAPI:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        return await ingress_error(request, _invalid(cast(RequestValidationError, exc).errors()))
+        """FastAPI's own parameter errors (no route takes a typed body, but one might)."""
+        error = cast(RequestValidationError, exc)
+        errors = [{**e, "loc": tuple(e.get("loc") or ())[1:]} for e in error.errors()]
+        return await ingress_error(request, validation.from_validation_error(errors, error.body))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        """Unknown paths and methods, as OpenAI-style errors too."""
+        error = cast(HTTPException, exc)
+        response = await ingress_error(
+            request, InvalidRequest(str(error.detail), status=error.status_code)
+        )
+        response.headers.update(error.headers or {})
+        return response
 
     app.add_exception_handler(IngressError, ingress_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(_JSONErrors)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -300,12 +323,12 @@ def make_app(ingress: TierIngress) -> FastAPI:
         return ingress.models()
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody) -> Response:
-        return await ingress.answer(Call(body, False, body.model or ingress.model_tier))
+    async def completions(request: Request) -> Response:
+        return await ingress.answer(await ingress.parse(request, Endpoint.COMPLETIONS))
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody) -> Response:
-        return await ingress.answer(Call(body, True, body.model or ingress.model_tier))
+    async def chat(request: Request) -> Response:
+        return await ingress.answer(await ingress.parse(request, Endpoint.CHAT))
 
     return app
 
