@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from tests.waiting import eventually
-from tierserve.dev.proc import free_port, port_in_use
+from tierserve.dev.proc import free_port, port_in_use, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ READY_LINE = "Ctrl-C to stop."
 
 def test_demo_reaches_its_summary_and_the_printed_curl_answers() -> None:
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(  # bound to this test: a killed pytest takes the demo and its stack with it
         [sys.executable, "-m", "tierserve.cli", "demo", "--port", str(port), "--seconds", "25"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,7 +11,9 @@ from tierserve.dev.proc import Process, free_port, logs_dir, start, wait_until
 
 
 def start_operator(env: Mapping[str, str], namespace: str, resync: float = 1.0) -> Process:
-    """Watches one namespace; `env` carries KUBECONFIG. Returns once /healthz answers."""
+    """Watches one namespace; `env` carries KUBECONFIG. Returns once /healthz answers.
+
+    The process ends with the caller, however the caller ends (`tierserve.dev.proc.start`)."""
     health = free_port()
     log = logs_dir() / f"operator-{namespace}.log"
     argv = [sys.executable, "-m", "tierserve.cli", "operator", "-n", namespace, "--standalone"]

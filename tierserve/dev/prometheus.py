@@ -1,4 +1,7 @@
-"""A real Prometheus server (Debian's package) on loopback with a generated scrape configuration."""
+"""A real Prometheus server (Debian's package) on loopback with a generated scrape configuration.
+
+It ends with the process that started it, however that process ends (`tierserve.dev.proc.start`).
+"""
 
 from __future__ import annotations
 

@@ -1,19 +1,23 @@
 """A real local Ray head node with its dashboard, on loopback, sized for a 2-core machine.
 
-Started with the `ray start --head --block` CLI in its own process group and its own temp dir, so
-it outlives the process that started it and looks like an external cluster: clients reach it only
+Started with the `ray start --head --block` CLI in its own session and its own temp dir, apart
+from the process that started it, so it looks like an external cluster: clients reach it only
 through its addresses (GCS, dashboard / Serve REST API, Serve HTTP proxy). Every port is chosen
 free on 127.0.0.1, so several heads can run side by side. `stop()` ends exactly the processes of
-this head (its process group, its descendants, and any process naming its temp dir): never a
+this head (its session, their descendants, and any process naming its temp dir): never a
 machine-wide `ray stop`.
+
+It never outlives the process that started it. `ray start --block` gets a parent-death signal
+(SIGTERM: it then stops its processes, which Ray binds to it with SIGKILL), and the watchdog of
+`tierserve.dev.proc` ends, once that process is gone, whatever is left: every process still in
+the head's session (Ray starts its workers in process groups of their own, but never in a new
+session), or naming its temp dir, and their descendants (re-parented ones too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -25,9 +29,14 @@ from tierserve.controller.serve_client import ServeClient
 from tierserve.dev.proc import (
     ComponentError,
     Process,
-    WaitTimeout,
+    bind,
+    cmdline,
+    find_processes,
     logs_dir,
+    process_table,
     start,
+    terminate,
+    unbind,
     wait_until,
 )
 
@@ -93,100 +102,26 @@ class RayHead:
         return self.process.alive()
 
     def pids(self) -> set[int]:
-        """Every live process of this head: the `ray start` process group, its descendants, and
-        any process whose command line names this head's temp dir."""
-        # Once `ray start` is reaped its pid (and process group id) may be reused: then only the
-        # temp dir identifies this head's processes.
-        leader = self.process.popen.pid if self.process.alive() else None
-        return _head_pids(leader, str(self.temp_dir))
+        """Every live process of this head: the `ray start` session (its start time guards
+        against a reused pid), any process whose command line names this head's temp dir, and
+        their descendants."""
+        return find_processes(
+            sessions={self.process.popen.pid: self.process.start_time},
+            cmdlines=[str(self.temp_dir)],
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped:
             return
         # SIGTERM to every process of the head at once (`ray start --block` alone takes up to
         # ~15s to wind down vLLM engines one by one), SIGKILL what is left after `timeout`.
-        _kill_all(self.pids(), timeout=timeout)
+        terminate(self.pids, timeout=timeout, component=COMPONENT)
         self.process.stop(timeout=5.0)  # reaps `ray start`
-        _kill_all(self.pids(), timeout=5.0)  # anything started meanwhile
+        terminate(self.pids, timeout=5.0, component=COMPONENT)  # anything started meanwhile
+        unbind(cmdline=str(self.temp_dir))
         self._stopped = True
         # The temp dir stays: its logs are what a failure message points at. Old ones are pruned
         # when a head starts.
-
-
-def _proc_ids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, pgid) of `pid`, or None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return int(fields[1]), int(fields[2])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def _head_pids(leader: int | None, temp_dir: str) -> set[int]:
-    stats = {pid: s for pid in _proc_ids() if (s := _stat(pid)) is not None}
-    found = {pid for pid in stats if temp_dir in _cmdline(pid)}
-    if leader is not None:
-        found |= {pid for pid, (_ppid, pgid) in stats.items() if pgid == leader}
-        found.add(leader)
-    # Descendants of anything found (vLLM engine processes, workers that called setsid, ...).
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _pgid) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = list(found)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    found.discard(os.getpid())
-    return {pid for pid in found if pid in stats}
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _signal_and_wait(pids: set[int], sig: signal.Signals, timeout: float) -> set[int]:
-    """Sends `sig` to `pids` and waits (bounded) for them to go; returns those still running."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-    with contextlib.suppress(WaitTimeout):  # the caller decides what the survivors get
-        wait_until(
-            lambda: not any(_running(p) for p in pids),
-            timeout=timeout,
-            component=COMPONENT,
-            what=f"stopped by {sig.name}",
-            interval=0.2,
-        )
-    return {p for p in pids if _running(p)}
-
-
-def _kill_all(pids: set[int], timeout: float) -> None:
-    """SIGTERM, then SIGKILL for what is left after `timeout`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _signal_and_wait(pids, sig, timeout)
-        if not pids:
-            return
 
 
 def _prune_temp_dirs(max_age_s: float = 24 * 3600) -> None:
@@ -195,7 +130,7 @@ def _prune_temp_dirs(max_age_s: float = 24 * 3600) -> None:
     for path in Path("/tmp").glob(f"{TEMP_PREFIX}*"):
         with contextlib.suppress(OSError):
             if now - path.stat().st_mtime > max_age_s and not any(
-                str(path) in _cmdline(pid) for pid in _proc_ids()
+                str(path) in cmdline(pid) for pid in process_table()
             ):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -265,6 +200,11 @@ def start_ray_head(
     ]
     proc_env = {**OFFLINE_ENV, **LOOPBACK_ENV, **(env or {})}
     process = start(COMPONENT, argv, log=log, env=proc_env, cwd=temp_dir)
+    try:  # its session is bound by start(); this catches any process that leaves the session
+        bind(cmdline=str(temp_dir))
+    except BaseException:
+        process.stop()
+        raise
     head = RayHead(
         gcs_address=f"127.0.0.1:{ports['port']}",
         dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}",

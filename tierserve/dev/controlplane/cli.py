@@ -1,7 +1,8 @@
 """`tierserve controlplane` / `python -m tierserve.dev.controlplane build|up|down|status`.
 
-`up` leaves the processes running (detached) and prints ``export KUBECONFIG=...`` on stdout
-(progress goes to stderr, so `eval "$(... up)"` works); `down` stops them from any process.
+`up` leaves the processes running (detached: the one caller of `up` whose processes outlive it)
+and prints ``export KUBECONFIG=...`` on stdout (progress goes to stderr, so `eval "$(... up)"`
+works); `down` stops them from any process.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 1
                 say(f"KubeRay operator: {operator}")
         elif args.command == "up":
-            info = up(args.state_dir, kuberay=args.kuberay)
+            info = up(args.state_dir, kuberay=args.kuberay, detach=True)
             if args.crds and not args.kuberay:
                 kuberay_crds_apply(info)
             print("\n".join(_usage_lines(info)))

@@ -1,6 +1,9 @@
 """The running control plane: `up` starts etcd, kube-apiserver and kube-controller-manager in
 order, each waited for (bounded) before the next; `down` and `status` work from any process
 through the state file. There is no kubelet or scheduler: pods stay Pending.
+
+What `up` starts ends with the process that called it (tests, the demo, benchmarks), also when
+that process is killed; `up(detach=True)` (the CLI) leaves it running for a later `down`.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def _controller_manager_ports(ports: Ports) -> dict[int, str]:
     return {ports.controller_manager: "kube-controller-manager --secure-port"}
 
 
-def _start_etcd(info: ControlPlaneInfo, procs: list[Process]) -> str:
+def _start_etcd(info: ControlPlaneInfo, procs: list[Process], detach: bool) -> str:
     """Starts etcd and waits until healthy; returns its client URL."""
     ports = info.ports
     etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
@@ -80,6 +83,7 @@ def _start_etcd(info: ControlPlaneInfo, procs: list[Process]) -> str:
         info,
         procs,
         _etcd_ports(ports),
+        detach=detach,
     )
     wait_started(
         etcd,
@@ -91,7 +95,9 @@ def _start_etcd(info: ControlPlaneInfo, procs: list[Process]) -> str:
     return etcd_url
 
 
-def _start_apiserver(info: ControlPlaneInfo, procs: list[Process], etcd_url: str) -> None:
+def _start_apiserver(
+    info: ControlPlaneInfo, procs: list[Process], etcd_url: str, detach: bool
+) -> None:
     """Starts kube-apiserver and waits until /readyz is ok."""
     pki = info.state_dir / "pki"
     apiserver = launch(
@@ -128,6 +134,7 @@ def _start_apiserver(info: ControlPlaneInfo, procs: list[Process], etcd_url: str
         info,
         procs,
         _apiserver_ports(info.ports),
+        detach=detach,
     )
     wait_started(
         apiserver,
@@ -138,7 +145,7 @@ def _start_apiserver(info: ControlPlaneInfo, procs: list[Process], etcd_url: str
     )
 
 
-def _start_controller_manager(info: ControlPlaneInfo, procs: list[Process]) -> None:
+def _start_controller_manager(info: ControlPlaneInfo, procs: list[Process], detach: bool) -> None:
     """Starts kube-controller-manager and waits until its controllers run (the `default`
     ServiceAccount exists)."""
     pki = info.state_dir / "pki"
@@ -167,6 +174,7 @@ def _start_controller_manager(info: ControlPlaneInfo, procs: list[Process]) -> N
         info,
         procs,
         _controller_manager_ports(info.ports),
+        detach=detach,
     )
     ctx = ssl_context(pki)
     kcm_url = f"https://127.0.0.1:{info.ports.controller_manager}/healthz"
@@ -185,8 +193,11 @@ def up(
     *,
     ports: Ports | None = None,
     kuberay: bool = False,
+    detach: bool = False,
 ) -> ControlPlaneInfo:
     """Starts etcd, kube-apiserver and kube-controller-manager (building them if needed).
+
+    They end with this process (however it ends) unless `detach`: then they run until `down`.
 
     Returns once /readyz is ok and the controller manager has created the `default`
     ServiceAccount (so its controllers run). Reuses a healthy control plane already running from
@@ -198,7 +209,7 @@ def up(
     existing = ControlPlaneInfo.load(state)
     if existing and running(existing, COMPONENTS[1:]) and apiserver_ready(existing):
         if kuberay and not running(existing, ["kuberay-operator"]):
-            start_kuberay_operator(existing)
+            start_kuberay_operator(existing, detach=detach)
         return existing
     if existing:
         down(state)  # half-running: start clean (certificates and etcd data are kept)
@@ -232,9 +243,9 @@ def up(
             ("kube-controller-manager", _controller_manager_ports(ports)),
         ):
             check_ports(name, taken, info)
-        etcd_url = _start_etcd(info, procs)
-        _start_apiserver(info, procs, etcd_url)
-        _start_controller_manager(info, procs)
+        etcd_url = _start_etcd(info, procs, detach)
+        _start_apiserver(info, procs, etcd_url, detach)
+        _start_controller_manager(info, procs, detach)
         info.save()
     except BaseException:
         for process in reversed(procs):
@@ -245,7 +256,7 @@ def up(
         raise
     say(f"==> control plane ready in {time.monotonic() - began:.1f}s at {info.server_url}")
     if kuberay:  # optional: if it fails, the control plane stays up and the error says why
-        start_kuberay_operator(info)
+        start_kuberay_operator(info, detach=detach)
     return info
 
 

@@ -1,6 +1,11 @@
 """One component of the control plane as a process: started after its ports are checked, its pid
 recorded at once, waited for (bounded) with port clashes named as such, stopped by pid from any
 process, and reached over HTTPS with the admin certificate.
+
+Components end with the process that started them (`tierserve.dev.proc.spawn`: a parent-death
+signal and the watchdog), so a test run or demo that dies leaves no control plane behind; only
+`python -m tierserve.dev.controlplane up`, whose job is to leave one running, starts them
+detached (`launch(..., detach=True)`).
 """
 
 from __future__ import annotations
@@ -22,22 +27,21 @@ from tierserve.dev.proc import (
     ComponentError,
     Process,
     WaitTimeout,
+    find_processes,
     port_in_use,
     start,
+    terminate,
+    unbind,
     wait_until,
 )
+from tierserve.dev.proc import start_time as _start_time
 
 STOP_TIMEOUT = 15.0
 
 
 def proc_start_time(pid: int) -> str | None:
     """Kernel start time of `pid`, so a recycled pid is never mistaken for ours (Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
+    return _start_time(pid)
 
 
 def alive(pid: int, start_time: str | None) -> bool:
@@ -60,7 +64,15 @@ def running(info: ControlPlaneInfo, names: Sequence[str]) -> bool:
 
 
 def stop_pid(name: str, pid: int, start_time: str | None) -> None:
-    """SIGTERM the component's process group, SIGKILL after STOP_TIMEOUT; bounded either way."""
+    """SIGTERM the component's process group, SIGKILL after STOP_TIMEOUT; bounded either way.
+    Then anything left in its session, and the watchdog forgets it (if this process bound it)."""
+    _stop_group(name, pid, start_time)
+    if start_time:
+        terminate(lambda: find_processes(sessions={pid: start_time}), timeout=2.0, component=name)
+    unbind(session=pid)
+
+
+def _stop_group(name: str, pid: int, start_time: str | None) -> None:
     if not alive(pid, start_time):
         return
     for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
@@ -147,16 +159,25 @@ def check_ports(name: str, ports: dict[int, str], info: ControlPlaneInfo) -> Pat
 
 
 def launch(
-    name: str, argv: list[str], info: ControlPlaneInfo, procs: list[Process], ports: dict[int, str]
+    name: str,
+    argv: list[str],
+    info: ControlPlaneInfo,
+    procs: list[Process],
+    ports: dict[int, str],
+    *,
+    detach: bool = False,
 ) -> Process:
-    """Starts one component (after checking its ports) and records its pid at once."""
+    """Starts one component (after checking its ports) and records its pid at once.
+
+    It ends with this process unless `detach` (the CLI's `up`, which exits and leaves it running).
+    """
     log = check_ports(name, ports, info)
     with open(log, "a") as fh:
         fh.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n")
-    process = start(name, argv, log=log)
+    process = start(name, argv, log=log, bind=not detach)
     procs.append(process)
     info.pids[name] = process.popen.pid
-    info.start_times[name] = proc_start_time(process.popen.pid) or ""
+    info.start_times[name] = process.start_time or ""
     info.logs[name] = str(log)
     info.save()  # record pids at once: `down` must find them even if `up` dies half-way
     return process

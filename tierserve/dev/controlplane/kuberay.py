@@ -138,11 +138,14 @@ def kuberay_crds_apply(
     return crds
 
 
-def start_kuberay_operator(info: ControlPlaneInfo, binary: Path | None = None) -> Process:
+def start_kuberay_operator(
+    info: ControlPlaneInfo, binary: Path | None = None, *, detach: bool = False
+) -> Process:
     """Runs the KubeRay operator against the control plane (CRDs installed first).
 
     With no kubelet its Ray pods stay Pending, but it reconciles: RayService -> RayCluster ->
-    Pods/Services objects. Recorded in the state file so `down` stops it too.
+    Pods/Services objects. Recorded in the state file so `down` stops it too. It ends with this
+    process unless `detach`.
     """
     binary = binary or ensure_kuberay_operator()
     if binary is None:
@@ -166,6 +169,7 @@ def start_kuberay_operator(info: ControlPlaneInfo, binary: Path | None = None) -
         info,
         [],
         kuberay_ports,
+        detach=detach,
     )
     try:
         wait_started(
