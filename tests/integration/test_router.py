@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from tests.waiting import eventually
 from tierserve.dev.ray_local import RayHead
 from tierserve.dev.tiered import TieredApp, complete, serve_on_loopback, tiny_modeltier
 from tierserve.dev.tinymodels import TinyModels, read_heldout
+from tierserve.serving.routing import p_yes
 from tierserve.tools.quality import apgr
 
 pytestmark = pytest.mark.integration
@@ -317,6 +319,98 @@ def shadow_counts(head: RayHead, model_tier: str) -> dict[str, float]:
             agreed = sample.labels["agreed"]
             counts[agreed] = counts.get(agreed, 0.0) + sample.value
     return counts
+
+
+def test_malformed_requests_are_refused_before_any_stream_starts(app: TieredApp) -> None:
+    """On the live stack: a 4xx JSON error naming the parameter, never a 200 stream."""
+    cases = [
+        ({"prompt": "1+1=", "stream": True, "n": 2}, "completions", "n"),
+        ({"prompt": "1+1=", "stream": True, "max_tokens": -1}, "completions", "max_tokens"),
+        ({"messages": "1+1=", "stream": True}, "chat/completions", "messages"),
+        ({"messages": [], "stream": True}, "chat/completions", "messages"),
+        ({"prompt": "1+1=", "stream": True, "model": 7}, "completions", "model"),
+    ]
+    for body, path, param in cases:
+        r = httpx.post(f"{app.base_url}/{path}", json={"model": app.model, **body}, timeout=30)
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json"), r.headers
+        error = r.json()["error"]
+        assert error["param"] == param and param in error["message"], (body, error)
+
+
+CHECK_PROMPT = "Check:"  # the tiny models know only sums: P("1") is a real, varying number
+DEFAULT_CASCADE = {"confidence": "minTokenProb", "score": "uncertainty", "earlyDecisionTokens": 2}
+
+
+def test_rank_score_and_self_check_on_held_out_sums(
+    app: TieredApp, tiny_models: TinyModels
+) -> None:
+    """Rank score: threshold 0.6 escalates about 40% of live traffic once the window fills.
+    selfCheck: the router's confidence is P(yes) of one more call to the small tier (checked
+    against the same call made directly), and the escalations follow it. APGR of the three
+    confidences is printed side by side."""
+    heldout = read_heldout(tiny_models.heldout)[:100]
+    prompts = [h["prompt"] for h in heldout]
+    try:
+        # Rank: a window of 40 (unseeded: 1 - confidence for the first 4 answers).
+        app.route(
+            mode="cascade",
+            escalation={"threshold": 0.6},
+            cascade={**DEFAULT_CASCADE, "score": "rank", "rank": {"window": 40}},
+        )
+        ranked = [complete(app, p).json()["tierserve"]["escalated"] for p in prompts]
+        share = sum(ranked[20:]) / len(ranked[20:])
+        print(f"\nrank score, threshold 0.6: escalated {share:.2f} of requests 20-99")
+        assert 0.25 <= share <= 0.55, share
+
+        # Confidence of each metric at threshold 1.0 (the small tier keeps every answer).
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for metric in ("minTokenProb", "meanLogprob", "selfCheck"):
+            cascade = {
+                **DEFAULT_CASCADE,
+                "confidence": metric,
+                "selfCheck": {"prompt": CHECK_PROMPT, "yesTokens": ["1"]},
+            }
+            app.route(escalation={"threshold": 1.0}, cascade=cascade)
+            answers[metric] = [complete(app, p).json() for p in prompts]
+        large = [complete(app, p, f"{app.model}:large").json() for p in prompts]
+        small_ok = [
+            r["choices"][0]["text"].strip() == h["answer"]
+            for r, h in zip(answers["minTokenProb"], heldout, strict=True)
+        ]
+        large_ok = [
+            r["choices"][0]["text"].strip() == h["answer"]
+            for r, h in zip(large, heldout, strict=True)
+        ]
+        conf = {m: [float(r["tierserve"]["confidence"]) for r in rs] for m, rs in answers.items()}
+        scores = {m: apgr([1 - c for c in cs], small_ok, large_ok) for m, cs in conf.items()}
+        print("APGR on held-out sums: " + ", ".join(f"{m} {v:.3f}" for m, v in scores.items()))
+
+        # selfCheck's confidence is P("1") after "<prompt><answer>\nCheck:\n", as asked directly.
+        for prompt, reply, c in list(
+            zip(prompts, answers["selfCheck"], conf["selfCheck"], strict=True)
+        )[:10]:
+            text = reply["choices"][0]["text"]
+            direct = complete(
+                app,
+                f"{prompt}{text}\n{CHECK_PROMPT}\n",
+                f"{app.model}:small",
+                max_tokens=1,
+                logprobs=20,
+            ).json()
+            assert c == pytest.approx(p_yes(direct, False, ["1"]), abs=2e-3), (prompt, text)
+        assert len({round(c, 3) for c in conf["selfCheck"]}) > 5  # it varies across prompts
+
+        # The escalations follow P(yes): a threshold at its median splits the traffic there.
+        uncertain = sorted(1 - c for c in conf["selfCheck"])
+        threshold = uncertain[len(uncertain) // 2]
+        app.route(escalation={"threshold": threshold})
+        live = [complete(app, p).json()["tierserve"] for p in prompts]
+        for info, c in zip(live, conf["selfCheck"], strict=True):
+            if abs((1 - c) - threshold) > 2e-3:  # clear of the bar
+                assert info["escalated"] == (1 - c > threshold), (info, c, threshold)
+    finally:
+        app.route(escalation={"threshold": 0.5}, cascade=DEFAULT_CASCADE)
 
 
 def test_killing_the_small_tier_during_traffic_loses_no_request(app: TieredApp) -> None:
