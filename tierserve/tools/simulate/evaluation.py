@@ -245,3 +245,98 @@ def compare(trace: Trace, setup: Setup, safe: bool = True) -> dict[str, Any]:
         "thresholds": thresholds,
         "figures": figures,
     }
+
+
+def calibration_end(trace: Trace) -> float:
+    """Seconds: where a team calibrating offline on last month's logs would have stopped, the
+    first step event (a shift), or a third of the trace when it has none."""
+    steps = [t for t, _, step in trace.events if step]
+    return min(steps) if steps else trace.duration / 3
+
+
+def calibrate_before(trace: Trace, rate: float, until: float, since: float = 0.0) -> float:
+    """`calibrate_static` on the requests arriving in [since, until) only: the fixed threshold
+    that escalates a share `rate` of that part (by default the first part, until `until`)."""
+    part = (trace.arrival >= since) & (trace.arrival < until)
+    if not part.any():
+        raise ValueError(f"no request arrives in [{since:g}s, {until:g}s)")
+    head = Trace(
+        name=trace.name,
+        description=trace.description,
+        arrival=trace.arrival[part],
+        score=trace.score[part],
+        small_correct=trace.small_correct[part],
+        large_correct=trace.large_correct[part],
+        agree=trace.agree[part],
+        prompt_tokens=trace.prompt_tokens[part],
+        small_tokens=trace.small_tokens[part],
+        large_tokens=trace.large_tokens[part],
+    )
+    return calibrate_static(head, rate)
+
+
+def segment_end(trace: Trace, start: float) -> float:
+    """Seconds: the next step event after `start`, or the end of the trace."""
+    later = [t for t, _, step in trace.events if step and t > start]
+    return min(later) if later else trace.duration + 1.0
+
+
+def after_shift(
+    run: Run, trace: Trace, setup: Setup, start: float, policy: bool = True
+) -> dict[str, float]:
+    """Budget tracking from `start` (s) on, over the trailing windows of `budget_figures`
+    (WINDOW_SECONDS) that lie wholly at or after it, transients included: the share within
+    BUDGET_TOLERANCE of the budget over all of them, over the steady ones (no interval within
+    SETTLE_INTERVALS after a step) and, for the policy, over the steady budget-bound ones; each
+    beside perfect control's share there (binomial noise alone). Also the escalation share in
+    the segment from `start` to the next step event (the shifted traffic) and from `start` on,
+    and the largest window error."""
+    budget = setup.params.budget
+    n = len(run.threshold)
+    width = _window(run.interval)
+    first = int(start // run.interval)
+    k = np.arange(n)
+    whole = (k - width + 1 >= first) & (run.requests > 0)
+    rolling = _rolling(run.escalated, run.requests, width)
+    window_n = np.convolve(run.requests, np.ones(width))[:n]
+    ideal = 2 * _normal_cdf(BUDGET_TOLERANCE / np.sqrt(budget * (1 - budget) / window_n)) - 1
+    steady = steady_mask(trace, run.interval, n) & (run.requests > 0)
+    all_steady = np.convolve(steady.astype(float), np.ones(width))[:n] >= width - 0.5
+    bound = steady.copy()
+    if policy:
+        bound &= np.array([c == "Budget" for c in run.constraints], dtype=bool)
+    all_bound = np.convolve(bound.astype(float), np.ones(width))[:n] >= width - 0.5
+    within = np.abs(rolling - budget) <= BUDGET_TOLERANCE
+
+    def share(where: Bools) -> float:
+        return float(within[where].mean()) if where.any() else math.nan
+
+    def perfect(where: Bools) -> float:
+        return float(ideal[where].mean()) if where.any() else math.nan
+
+    end = segment_end(trace, start)
+    st = run.interval * k
+    segment = (st >= first * run.interval) & (st < end) & (run.requests > 0)
+    later = (k >= first) & (run.requests > 0)
+    seg_rate = float(run.escalated[segment].sum() / max(run.requests[segment].sum(), 1))
+    after_rate = float(run.escalated[later].sum() / max(run.requests[later].sum(), 1))
+    errors = np.abs(rolling - budget)[whole]
+    return {
+        "start_seconds": start,
+        "segment_end_seconds": min(end, trace.duration),
+        "window_seconds": width * run.interval,
+        "windows": int(whole.sum()),
+        "within_2pp": share(whole),
+        "within_2pp_perfect_control": perfect(whole),
+        "steady_windows": int((whole & all_steady).sum()),
+        "within_2pp_steady": share(whole & all_steady),
+        "within_2pp_steady_perfect_control": perfect(whole & all_steady),
+        "bound_windows": int((whole & all_bound).sum()),
+        "within_2pp_bound": share(whole & all_bound),
+        "budget_bound_share": float(bound[later].sum() / max(later.sum(), 1)),
+        "segment_rate": seg_rate,
+        "segment_miss_pp": 100 * (seg_rate - budget),
+        "after_rate": after_rate,
+        "after_miss_pp": 100 * (after_rate - budget),
+        "max_window_error_pp": float(100 * errors.max()) if len(errors) else math.nan,
+    }
