@@ -9,8 +9,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -343,7 +345,7 @@ DEFAULT_CASCADE = {"confidence": "minTokenProb", "score": "uncertainty", "earlyD
 
 
 def test_rank_score_and_self_check_on_held_out_sums(
-    app: TieredApp, tiny_models: TinyModels
+    app: TieredApp, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
     """Rank score: threshold 0.6 escalates about 40% of live traffic once the window fills.
     selfCheck: the router's confidence is P(yes) of one more call to the small tier (checked
@@ -385,6 +387,18 @@ def test_rank_score_and_self_check_on_held_out_sums(
         conf = {m: [float(r["tierserve"]["confidence"]) for r in rs] for m, rs in answers.items()}
         scores = {m: apgr([1 - c for c in cs], small_ok, large_ok) for m, cs in conf.items()}
         print("APGR on held-out sums: " + ", ".join(f"{m} {v:.3f}" for m, v in scores.items()))
+
+        # `tierserve calibrate cascade --from-router` replays the same prompts, pinned to each
+        # tier, and reports the same APGR for the metrics the router computed.
+        labelled = tmp_path / "heldout.jsonl"
+        labelled.write_text("".join(json.dumps(h) + "\n" for h in heldout))
+        cli = [sys.executable, "-m", "tierserve", "calibrate", "cascade", "--json"]
+        cli += ["--from-router", app.base_url, "--labelled", str(labelled), "--max-tokens", "4"]
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
+        offline = {m["metric"]: m["apgr"] for m in json.loads(done.stdout)["metrics"]}
+        for metric in ("minTokenProb", "meanLogprob"):
+            assert offline[metric] == pytest.approx(scores[metric], abs=0.01), (offline, scores)
 
         # selfCheck's confidence is P("1") after "<prompt><answer>\nCheck:\n", as asked directly.
         for prompt, reply, c in list(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -604,6 +605,32 @@ def _parser() -> argparse.ArgumentParser:
         help="build the table from RouteLLM's data instead (mmlu, gsm8k); it has no logprobs, "
         "so its confidence column is a proxy: 1 - the heuristic upfront score of the prompt",
     )
+    source.add_argument(
+        "--from-router",
+        metavar="URL",
+        help="build the table from a live ModelTier: its router's OpenAI base URL (e.g. "
+        "http://127.0.0.1:8000/tiny-sums/v1); needs --labelled",
+    )
+    p.add_argument(
+        "--labelled",
+        type=Path,
+        help="--from-router: JSON Lines of {prompt, answer} to replay, pinned to each tier",
+    )
+    p.add_argument("--lower", help="--from-router: the lower tier (default: the first)")
+    p.add_argument("--top", help="--from-router: the tier to compare with (default: the last)")
+    p.add_argument(
+        "--max-tokens", type=int, default=8, help="--from-router: tokens per answer (default 8)"
+    )
+    p.add_argument(
+        "--self-check-prompt",
+        help="--from-router: also ask the lower tier this about its answer, as the router's "
+        "selfCheck does (adds the selfCheck metric)",
+    )
+    p.add_argument(
+        "--yes-token",
+        action="append",
+        help="--from-router: a token meaning yes for the self-check; repeatable (default yes)",
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -635,12 +662,37 @@ def _parser() -> argparse.ArgumentParser:
 def load(args: argparse.Namespace) -> CascadeTable:
     if args.table is not None:
         return read_table(args.table)
+    if args.from_router is not None:
+        return _from_router(args)
     root = args.data or DEFAULT_DATA
     if not root.exists():
         raise TableError(f"{root}: no RouteLLM data here; pass --data <RouteLLM evals folder>")
     benchmarks = [b for b in args.from_routellm.split(",") if b]
     rows = routellm_rows(root, benchmarks)
     source = f"RouteLLM {','.join(benchmarks)} ({root})"
+    if args.save_table:
+        write_table(rows, args.save_table)
+        source = str(args.save_table)
+    return table_from_rows(
+        ((Where(source, n), row) for n, row in enumerate(rows, 1)), source, list(rows[0])
+    )
+
+
+def _from_router(args: argparse.Namespace) -> CascadeTable:
+    from tierserve.tools.router_table import read_labelled, replay
+
+    if args.labelled is None:
+        raise TableError("--from-router needs --labelled (JSON Lines of prompt and answer)")
+    rows = replay(
+        args.from_router,
+        read_labelled(args.labelled),
+        lower=args.lower,
+        top=args.top,
+        max_tokens=args.max_tokens,
+        self_check_prompt=args.self_check_prompt,
+        yes_tokens=args.yes_token or ["yes"],
+    )
+    source = f"{args.from_router} replaying {args.labelled}"
     if args.save_table:
         write_table(rows, args.save_table)
         source = str(args.save_table)
@@ -717,10 +769,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.table is not None and (args.data is not None or args.save_table is not None):
-        parser.error("--data and --save-table go with --from-routellm")
+        parser.error("--data and --save-table go with --from-routellm or --from-router")
+    if args.from_router is None and args.labelled is not None:
+        parser.error("--labelled goes with --from-router")
     try:
         report = run(args)
-    except (DataError, OSError) as e:
+    except (DataError, OSError, httpx.HTTPError) as e:
         print(f"tierserve calibrate cascade: {e}", file=sys.stderr)
         return 2
     if args.json:
