@@ -56,7 +56,7 @@ def test_demo_reaches_its_summary_and_the_printed_curl_answers() -> None:
         assert "served by tier: {" in summary and "'small'" in summary
         assert "live threshold:" in summary and "modelled cost:" in summary
         assert "MetricsAvailable=True" in summary, summary
-        # Traffic runs until the autoscaler has acted (77% escalated vs a 30% budget at 0.5),
+        # Traffic runs until the autoscaler has acted (~50% escalated vs a 30% budget at 0.5),
         # so the summary reports at least one move, made while the traffic ran.
         moves = next(line for line in summary.splitlines() if "threshold moves" in line)
         assert not moves.rstrip().endswith(": 0"), summary

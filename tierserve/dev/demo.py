@@ -45,7 +45,7 @@ from tierserve.dev.tinymodels import TinyModels, ensure_models, read_heldout
 NAMESPACE = "demo"
 NAME = "tiny-sums"
 READY_TIMEOUT_S = 900.0
-BUDGET = 0.3  # the demo's escalation budget: the cascade escalates ~70% at threshold 0.5
+BUDGET = 0.3  # the demo's escalation budget: rank threshold 0.5 escalates ~50%, 0.7 ~30%
 
 
 def say(msg: str) -> None:
@@ -53,7 +53,10 @@ def say(msg: str) -> None:
 
 
 def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) -> dict[str, Any]:
-    """The sample ModelTier: small -> large cascade, threshold autoscaled towards a budget."""
+    """The sample ModelTier: small -> large cascade, threshold autoscaled towards a budget.
+
+    The cascade's score is the rank (`cascade.score: rank`): threshold t escalates about 1 - t
+    of the traffic, so the autoscaler's moves read as shares (0.5 -> 0.7: 50% -> 30%)."""
     doc = tiny_modeltier(
         NAME,
         {"small": str(models.small), "large": str(models.large)},
@@ -73,7 +76,7 @@ def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) 
                     "maxStep": 0.1,
                 },
             },
-            "cascade": {"earlyDecisionTokens": 2},
+            "cascade": {"earlyDecisionTokens": 2, "score": "rank", "rank": {"window": 200}},
             "forceTopTier": [{"name": "finance", "keywords": ["invoice", "refund"]}],
         },
     )
