@@ -4,6 +4,12 @@ Per-request cost of a tier is taken as proportional to its replica cost per hour
 when no cost is given): tiers are assumed to serve requests at similar rates per replica, so the
 ratio of hourly costs is the ratio of per-request costs. Upfront routing pays only for the tier it
 picks; a cascade pays for every rung a request climbs, so an escalated request pays twice.
+
+The router measures the same thing per request (`tierserve.serving.ledger`) from per-token
+prices: a tier's explicit `price`, else its hourly cost spread over the tokens a replica
+processes in an hour (`tier_prices`). With every tier at the default `tokensPerSecond`, those
+prices keep the ratio of hourly costs, so the measured and the modelled figures share one
+assumption and differ only by the traffic.
 """
 
 from __future__ import annotations
@@ -15,13 +21,31 @@ from pathlib import Path
 
 import yaml
 
-from tierserve.api.v1alpha1 import ModelTierSpec
+from tierserve.api.v1alpha1 import ModelTierSpec, TokenPrice
 
 
 def tier_costs(spec: ModelTierSpec) -> list[float]:
     if all(t.cost_per_hour is not None for t in spec.tiers):
         return [float(t.cost_per_hour or 0.0) for t in spec.tiers]
     return [float(max(t.gpus_per_replica, 1)) for t in spec.tiers]
+
+
+def derived_price(cost_per_hour: float, tokens_per_second: float) -> TokenPrice:
+    """A replica's hourly cost spread over the tokens it processes in an hour, per million.
+
+    Prompt and completion tokens are charged alike: `tokens_per_second` counts both, so the
+    average token pays its share of the hour (set `price` to charge them differently)."""
+    per_million = cost_per_hour / (3600.0 * tokens_per_second) * 1e6
+    return TokenPrice(prompt_per_million=per_million, completion_per_million=per_million)
+
+
+def tier_prices(spec: ModelTierSpec) -> list[TokenPrice]:
+    """Each tier's per-token price: its `price`, else derived from `tier_costs` (costPerHour
+    when every tier sets it, else GPUs per replica, as `tierserve plan` models it)."""
+    return [
+        tier.price or derived_price(hourly, tier.tokens_per_second)
+        for tier, hourly in zip(spec.tiers, tier_costs(spec), strict=True)
+    ]
 
 
 def upfront_cost(costs: Sequence[float], shares: Sequence[float]) -> float:
@@ -59,7 +83,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     costs = tier_costs(spec)
     names = [t.name for t in spec.tiers]
     print(f"tiers: {', '.join(f'{n} ({c:g}/h)' for n, c in zip(names, costs, strict=True))}")
-    print(f"top tier is {costs[-1] / costs[0]:.1f}x the cost of the first\n")
+    print(f"top tier is {costs[-1] / costs[0]:.1f}x the cost of the first")
+    prices = ", ".join(
+        f"{n} {p.prompt_per_million:.4g}/{p.completion_per_million:.4g}"
+        for n, p in zip(names, tier_prices(spec), strict=True)
+    )
+    print(f"the router charges per million prompt/completion tokens: {prices}\n")
     head = f"{'kept on ' + names[0]:>16}  {'upfront':>9}  {'cascade':>9}"
     print(f"{head}   (x cheaper than all-{names[-1]})")
     for kept in args.kept:

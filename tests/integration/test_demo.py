@@ -5,6 +5,7 @@ prints answers, and Ctrl-C (SIGTERM here) stops everything it started.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -60,6 +61,17 @@ def test_demo_reaches_its_summary_and_the_printed_curl_answers() -> None:
         # so the summary reports at least one move, made while the traffic ran.
         moves = next(line for line in summary.splitlines() if "threshold moves" in line)
         assert not moves.rstrip().endswith(": 0"), summary
+
+        # Shadow evaluation: the kept answers' win+tie rate in status agrees with their
+        # correctness measured directly ('large' is right on ~99% of sums).
+        quality = next(line for line in summary.splitlines() if "quality (shadow" in line)
+        found = re.search(
+            r"win or tie (\d+)% \((\d+)%-(\d+)%, (\d+) judged\).*directly: (\d+)%", quality
+        )
+        assert found, quality
+        rate, low, high, judged, direct = (int(g) for g in found.groups())
+        assert judged >= 20 and low <= rate <= high, quality
+        assert low - 5 <= direct <= high + 5, quality  # within its interval, rounding aside
 
         curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
         answer = json.loads(

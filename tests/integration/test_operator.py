@@ -264,6 +264,42 @@ INVALID = [
     ("unknown-field", "spec.tiers.0.gpuPerReplica", 2, "gpuPerReplica"),
     ("bad-fallback", "spec.routing.fallback", "random", "spec.routing.fallback"),
     ("negative-cost", "spec.tiers.0.costPerHour", -1, "spec.tiers[0].costPerHour"),
+    (
+        "unknown-autoscale-mode",
+        "spec.routing.escalation.autoscale.mode",
+        "dryrun",
+        "spec.routing.escalation.autoscale.mode",
+    ),
+    (
+        "unknown-cascade-score",
+        "spec.routing.cascade",
+        {"score": "percentile"},
+        "spec.routing.cascade.score",
+    ),
+    (
+        "rank-window-too-small",
+        "spec.routing.cascade",
+        {"rank": {"window": 2}},
+        "spec.routing.cascade.rank.window",
+    ),
+    (
+        "self-check-without-yes",
+        "spec.routing.cascade",
+        {"confidence": "selfCheck", "selfCheck": {"yesTokens": []}},
+        "spec.routing.cascade.selfCheck.yesTokens",
+    ),
+    (
+        "judge-tier-unknown",
+        "spec.routing.shadow",
+        {"judgeTier": "medium"},
+        "spec.routing.shadow.judgeTier",
+    ),
+    (
+        "judge-prompt-without-answers",
+        "spec.routing.shadow",
+        {"judge": "pairwise", "judgePrompt": "Which is better?"},
+        "spec.routing.shadow.judgePrompt",
+    ),
 ]
 
 

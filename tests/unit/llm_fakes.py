@@ -131,7 +131,7 @@ async def _answer(tier: FakeTier, chat: bool, request: Any, reply: Reply) -> Asy
 
 def _whole(chat: bool, request: Any, reply: Reply) -> Any:
     tokens = list(reply.text)
-    usage = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
+    usage = _usage(len(tokens))
     lps = [_logprob(reply, i) for i in range(len(tokens))]
     choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
     logprobs: dict[str, Any]
@@ -190,7 +190,18 @@ def _chunks(chat: bool, request: Any, reply: Reply) -> list[tuple[int, dict[str,
     out.append((0, {**base, "choices": [last]}))
     options = getattr(request, "stream_options", None)
     if options is not None and options.include_usage:
-        n = len(reply.text)
-        usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n}
-        out.append((0, {**base, "choices": [], "usage": usage}))
+        if options.continuous_usage_stats:  # as vLLM: the usage so far on every chunk
+            so_far = 0
+            for n, chunk in out:
+                so_far = max(so_far, n)
+                chunk["usage"] = _usage(so_far)
+        out.append((0, {**base, "choices": [], "usage": _usage(len(reply.text))}))
     return out
+
+
+PROMPT_TOKENS = 3  # every fake prompt's tokens, as the fakes report them in `usage`
+
+
+def _usage(completion: int) -> dict[str, int]:
+    total = PROMPT_TOKENS + completion
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": total}

@@ -3,9 +3,13 @@ and its metrics (which go when their ModelTier goes)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -114,3 +118,44 @@ def test_a_modeltiers_metrics_are_removed_when_it_goes() -> None:
         assert series(name, modeltier="b"), name  # another ModelTier's series stay
     metrics.forget("llm", "a")  # idempotent: deleting twice, or never autoscaled
     metrics.forget("llm", "b")
+
+
+def test_quality_verdicts_are_read_per_lower_tier_with_an_interval() -> None:
+    from tierserve.autoscale.signals import quality_queries, read_signals
+    from tierserve.controller.status import quality_status, wilson
+
+    promql = quality_queries("mt", ["small", "medium"], "1h")
+    assert promql["small/agreed"] == (
+        'sum(increase(ray_tierserve_shadow_evaluations_total{agreed="true",modeltier="mt",'
+        'tier="small"}[1h]))'
+    )
+    answers = {
+        promql["small/judged"]: 80.0,
+        promql["small/agreed"]: 60.0,
+        promql["medium/judged"]: 0.0,
+        promql["medium/agreed"]: 0.0,
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        value = answers.get(request.url.params["query"])
+        result = [] if value is None else [{"value": [time.time(), str(value)]}]
+        return httpx.Response(200, json={"status": "success", "data": {"result": result}})
+
+    async def read() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+            return await read_signals(client, "http://prom", {}, quality=promql)
+
+    reading = asyncio.run(read())
+    assert reading.quality == {"small": (60.0, 80.0), "medium": (0.0, 0.0)}
+    status = quality_status(reading.quality, escalation_rate=0.4)
+    assert status is not None
+    small = next(t for t in status.tiers if t.tier == "small")
+    low, high = wilson(60, 80)
+    assert (small.samples, small.win_or_tie_rate) == (80, 0.75)
+    assert small.low == pytest.approx(low, abs=1e-4) and small.high == pytest.approx(high, abs=1e-4)
+    assert 0.64 < low < 0.75 < high < 0.84
+    medium = next(t for t in status.tiers if t.tier == "medium")
+    assert (medium.samples, medium.win_or_tie_rate) == (0, None)
+    router = status.router_vs_top_tier
+    assert router is not None and router.not_worse_rate == pytest.approx(0.4 + 0.6 * 0.75)
+    assert router.low == pytest.approx(0.4 + 0.6 * low, abs=1e-4)

@@ -17,9 +17,9 @@ from ray.serve.llm.openai_api_models import (
 
 from tests.unit.llm_fakes import UNSURE, FakeTier, Reply, full
 from tierserve.serving import tiers
-from tierserve.serving.cascade import CascadeEngine, Deadline
+from tierserve.serving.cascade import CascadeEngine, Deadline, Refusals, exempt, next_tier
 from tierserve.serving.config import IngressConfig
-from tierserve.serving.errors import InvalidRequest
+from tierserve.serving.errors import InvalidRequest, TierUnavailable
 from tierserve.serving.metrics import IngressMetrics, MemorySink
 from tierserve.serving.routing import Plan
 from tierserve.serving.tiers import Call, TierFailed
@@ -146,3 +146,58 @@ def test_metric_names_and_labels_are_the_documented_ones() -> None:
     ):
         documented[name.removesuffix("_total")] = tuple(labels.replace(" ", "").split(","))
     assert sink.declared == documented
+
+
+def test_a_refusal_sends_the_request_on_by_the_policy_of_its_cause() -> None:
+    """Each refused tier passes the request on in its own policy's direction: `spillover` when
+    it was full, `fallback` when it failed; tiers already refused are skipped."""
+    assert next_tier(3, 0, "nextTier", set()) == 1
+    assert next_tier(3, 0, "nextTier", {1}) == 2
+    assert next_tier(3, 2, "previousTier", {1}) == 0
+    assert next_tier(3, 1, "none", set()) is None
+    assert next_tier(3, 2, "nextTier", set()) is None
+    assert exempt(Plan(1, "pinned", False)) and exempt(Plan(1, "forced:medical", False))
+    assert not exempt(Plan(1, "upfront-score", False)) and not exempt(Plan(0, "cascade", True))
+
+
+def test_refusals_over_the_cost_cap_are_named_and_full_queues_stay_429() -> None:
+    deadline = Deadline(60.0, lambda: 0.0)
+    busy = Refusals(busy={0: 2.0}, capped=["tier large would take it past its maxCost"])
+    error = busy.error(config(), deadline)
+    assert (error.status, "maxCost" in error.message) == (429, True)
+    broken = Refusals(broken=["tier small failed: x"], capped=busy.capped)
+    error = broken.error(config(), deadline)
+    assert error.status == 503 and "small failed" in error.message and "maxCost" in error.message
+
+
+def test_a_request_that_fails_after_climbing_is_charged_for_what_it_wasted() -> None:
+    async def scenario() -> MemorySink:
+        sink = MemorySink()
+        small = FakeTier("small", Reply(logprobs=[UNSURE]))
+        large = FakeTier("large", Reply(raises=RuntimeError("down")))
+        engine = CascadeEngine({"small": small, "large": large}, IngressMetrics("m", sink))
+        call = Call(completion(), False, "m")
+        with pytest.raises(TierUnavailable):
+            await engine.run(config(), Plan(0, "cascade", True), call, Deadline(60.0, engine.clock))
+        return sink
+
+    sink = asyncio.run(scenario())
+    # small (1 GPU, no costPerHour: 1 GPU-hour per 3.6 M tokens) answered 3 + 2 tokens.
+    per_token = 1.0 / 3600 / 1000
+    assert sink.get("tierserve_cost", tier="small", kind="wasted") == pytest.approx(5 * per_token)
+    assert sink.get("tierserve_cost", kind="answer") == 0
+    assert sink.get("tierserve_requests", outcome="error") == 1
+
+
+def test_the_cap_lowers_only_an_upfront_jump_to_a_tier_within_it() -> None:
+    engine = CascadeEngine({}, IngressMetrics("m", MemorySink()))
+    call = Call(completion(max_tokens=100), False, "m")
+    # large (2 GPUs: 2 GPU-hours per 3.6 M tokens) estimated at 1 prompt token ("1+1=", four
+    # characters) and max_tokens 100.
+    estimate = 101 * 2.0 / 3600 / 1000
+    cfg = config(limits={"maxCost": estimate * 0.999})
+    jump = Plan(1, "upfront-score", False)
+    assert engine.cap_start(cfg, jump, call) == Plan(0, "cap:cost", False)
+    assert engine.cap_start(config(limits={"maxCost": estimate * 1.001}), jump, call) is jump
+    assert engine.cap_start(cfg, Plan(1, "forced:x", False), call).start == 1
+    assert engine.cap_start(cfg, Plan(0, "cascade", True), call).start == 0

@@ -849,3 +849,270 @@ def test_build_args_are_validated_like_llm_serving_args() -> None:
             ):
                 with pytest.raises(ValueError):
                     TieredServingArgs.model_validate(bad)
+
+
+# -- the cost ledger, caps and spill-over ----------------------------------------------------
+
+PRICES = {"small": (1.0, 2.0), "mid": (10.0, 20.0), "large": (100.0, 200.0)}  # per million
+
+
+def priced(*names: str) -> list[dict[str, Any]]:
+    """The tiers of a user_config with explicit prices (the renderer writes them all)."""
+    return [
+        {
+            "name": n,
+            "modelId": f"{n}-model",
+            "gpus": 1,
+            "price": {"promptPerMillion": PRICES[n][0], "completionPerMillion": PRICES[n][1]},
+        }
+        for n in names
+    ]
+
+
+def priced_stack(*tiers: FakeTier, **routing: Any) -> Stack:
+    """A stack whose tiers have PRICES."""
+    s = stack(*tiers, **routing)
+    names = [t.name for t in tiers]
+    s.ingress.reconfigure({**user_config(names, **routing), "tiers": priced(*names)})
+    return s
+
+
+def by_hand(tier: str, prompt: int, completion: int) -> float:
+    """The documented model: (prompt x promptPerMillion + completion x completionPerMillion)
+    / 1e6."""
+    per_prompt, per_completion = PRICES[tier]
+    return (prompt * per_prompt + completion * per_completion) / 1e6
+
+
+def bill(r: httpx.Response) -> dict[str, Any]:
+    """The cost the client reads: the body's `tierserve`, or a stream's last chunk's."""
+    if r.headers["content-type"].startswith("text/event-stream"):
+        return dict(events(r)[-2]["tierserve"]["cost"])
+    return dict(r.json()["tierserve"]["cost"])
+
+
+def line(tier: str, kind: str, prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "tier": tier,
+        "kind": kind,
+        "promptTokens": prompt,
+        "completionTokens": completion,
+        "cost": pytest.approx(by_hand(tier, prompt, completion)),
+    }
+
+
+@aio
+async def test_every_answer_carries_its_cost_by_the_documented_model() -> None:
+    small = FakeTier("small", Reply(text="42"), Reply(text="41", logprobs=[UNSURE]))
+    s = priced_stack(small, FakeTier("large", Reply(text="4242")))
+    # Kept on small: 3 prompt and 2 completion tokens (the fakes' usage).
+    r = await s.post()
+    kept, alone = by_hand("small", 3, 2), by_hand("large", 3, 2)
+    assert bill(r) == {
+        "total": pytest.approx(kept),
+        "wasted": 0,
+        "topTierAlone": pytest.approx(alone),
+        "savings": pytest.approx(alone - kept),
+        "tiers": [line("small", "answer", 3, 2)],
+    }
+    assert r.headers["x-tierserve-cost"] == f"{kept:.6g}"
+    assert r.headers["x-tierserve-savings"] == f"{alone - kept:.6g}"
+    # Escalated: small's answer was wasted, large's 4 tokens kept; the top tier alone would
+    # have charged what large did, so the request saved less than nothing.
+    r = await s.post()
+    wasted, kept = by_hand("small", 3, 2), by_hand("large", 3, 4)
+    assert bill(r) == {
+        "total": pytest.approx(wasted + kept),
+        "wasted": pytest.approx(wasted),
+        "topTierAlone": pytest.approx(kept),
+        "savings": pytest.approx(-wasted),
+        "tiers": [line("small", "wasted", 3, 2), line("large", "answer", 3, 4)],
+    }
+    assert float(r.headers["x-tierserve-cost"]) == pytest.approx(wasted + kept, rel=1e-5)
+
+
+@aio
+async def test_a_stream_carries_its_cost_in_its_last_chunk_and_usage_only_if_asked() -> None:
+    small = FakeTier("small", Reply(text="SMALL-ANSWER-LONG", logprobs=[UNSURE]))
+    s = priced_stack(
+        small, FakeTier("large", Reply(text="large")), cascade={"earlyDecisionTokens": 2}
+    )
+    r = await s.post(stream=True)
+    assert headers(r) == ("large", "true", "low-confidence")
+    assert "x-tierserve-cost" not in r.headers  # sent before the cost was known
+    body = events(r)
+    assert body[-1] == "[DONE]" and streamed_text(r) == "large"
+    last = body[-2]
+    assert last["choices"][0]["finish_reason"] == "length"  # the tier's own last chunk
+    assert last["tierserve"]["tier"] == "large" and last["tierserve"]["reason"] == "low-confidence"
+    # small was abandoned after its 2 early-decision tokens: its usage so far, as reported.
+    assert bill(r)["tiers"] == [line("small", "wasted", 3, 2), line("large", "answer", 3, 5)]
+    assert bill(r)["total"] == pytest.approx(by_hand("small", 3, 2) + by_hand("large", 3, 5))
+    assert all("tierserve" not in e for e in body[:-2])
+    assert all("usage" not in e for e in body[:-1])  # the client did not ask for usage
+    for tier in s.tiers.values():  # every tier was asked for its usage on every chunk
+        options = tier.requests[0].stream_options
+        assert options.include_usage and options.continuous_usage_stats
+    # Asked for the final usage only, the client gets just that (and the cost on it).
+    small.replies = [Reply(text="4242")]
+    r = await s.post(stream=True, stream_options={"include_usage": True})
+    usage_chunk = events(r)[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 4
+    assert bill(r)["tiers"] == [line("small", "answer", 3, 4)]
+    assert all("usage" not in e for e in events(r)[:-2])
+
+
+@aio
+async def test_cost_metrics_are_the_sum_of_the_bills() -> None:
+    small = FakeTier(
+        "small",
+        Reply(text="42"),
+        Reply(text="41", logprobs=[UNSURE]),
+        Reply(text="4242"),
+        Reply(text="SMALL-ANSWER", logprobs=[UNSURE]),
+    )
+    s = priced_stack(small, FakeTier("large", Reply(text="43")))
+    bills = [bill(await s.post(stream=stream)) for stream in (False, False, True, True)]
+    for tier in ("small", "large"):
+        for kind in ("answer", "wasted"):
+            billed = sum(
+                ln["cost"]
+                for b in bills
+                for ln in b["tiers"]
+                if (ln["tier"], ln["kind"]) == (tier, kind)
+            )
+            metered = s.metric("tierserve_cost", tier=tier, mode="cascade", kind=kind)
+            assert metered == pytest.approx(billed), (tier, kind)
+    assert s.metric("tierserve_cost") == pytest.approx(sum(b["total"] for b in bills))
+    alone = s.metric("tierserve_top_tier_alone_cost", mode="cascade")
+    assert alone == pytest.approx(sum(b["topTierAlone"] for b in bills))
+    assert alone - s.metric("tierserve_cost") == pytest.approx(sum(b["savings"] for b in bills))
+
+
+@aio
+async def test_a_self_check_is_on_the_bill_as_its_own_line() -> None:
+    def small_reply(request: Any) -> Reply:
+        if request.max_tokens != 1:
+            return Reply(text="42")
+        return Reply(text="Y", top={"Yes": math.log(0.9), "No": math.log(0.1)})
+
+    s = priced_stack(
+        FakeTier("small", small_reply), FakeTier("large"), cascade={"confidence": "selfCheck"}
+    )
+    r = await s.post()
+    assert info(r) == ("small", False, "cascade")
+    assert bill(r)["tiers"] == [line("small", "self_check", 3, 1), line("small", "answer", 3, 2)]
+    check = by_hand("small", 3, 1)
+    assert s.metric("tierserve_cost", tier="small", kind="self_check") == pytest.approx(check)
+
+
+@aio
+async def test_a_cap_of_one_rung_stops_every_climb_at_the_middle_tier() -> None:
+    unsure = Reply(logprobs=[UNSURE])
+    s = priced_stack(
+        FakeTier("small", unsure),
+        FakeTier("mid", unsure),
+        FakeTier("large"),
+        limits={"maxRungs": 1},
+    )
+    for path, stream in [("/v1/completions", False), ("/v1/completions", True)] * 2 + [
+        ("/v1/chat/completions", False)
+    ]:
+        r = await s.post(path, stream=stream)
+        assert headers(r) == ("mid", "true", "cap:rungs"), (path, stream)
+        decision = events(r)[-2]["tierserve"] if stream else r.json()["tierserve"]
+        assert decision["reason"] == "cap:rungs"
+        assert decision["confidence"] == pytest.approx(math.exp(UNSURE))  # why it would climb
+    assert not s.tiers["large"].requests
+    assert s.metric("tierserve_capped_requests", tier="mid", cap="rungs") == 5
+    assert s.metric("tierserve_escalations", from_tier="mid") == 0
+    assert s.metric("tierserve_escalations", from_tier="small", to_tier="mid") == 5
+    # maxRungs 0: a cascade never leaves its first tier.
+    s.ingress.reconfigure(user_config(["small", "mid", "large"], limits={"maxRungs": 0}))
+    assert headers(await s.post()) == ("small", "false", "cap:rungs")
+
+
+@aio
+async def test_a_spend_cap_below_the_top_tiers_cost_keeps_requests_off_it() -> None:
+    """The top tier's estimate for PROMPT (3 prompt tokens as small reports them, else 2 from
+    the text; max_tokens 4) is 0.0011 or 0.001: over a cap of 0.0005 whichever way a request
+    would get there. Mid's (0.00011) fits after small's answer (0.000007)."""
+    cap = {"maxCost": 0.0005}
+    unsure = Reply(logprobs=[UNSURE])
+
+    def ladder(small: Reply, mid: Reply, **routing: Any) -> Stack:
+        tiers = FakeTier("small", small), FakeTier("mid", mid), FakeTier("large")
+        return priced_stack(*tiers, **routing)
+
+    # A cascade climbs to mid, then stops: mid's unsure answer is kept, saying why.
+    s = ladder(unsure, unsure, limits=cap)
+    for stream in (False, True):
+        r = await s.post(stream=stream)
+        assert headers(r) == ("mid", "true", "cap:cost"), stream
+        assert bill(r)["total"] <= 0.0005
+    assert s.metric("tierserve_capped_requests", tier="mid", cap="cost") == 2
+    # An upfront jump to the top lands on the highest tier within the cap.
+    s = ladder(Reply(), Reply(), limits=cap, mode="upfront")
+    s.ingress.scorer = FixedScorer(0.9)
+    r = await s.post()
+    assert info(r) == ("mid", True, "cap:cost") and r.json()["tierserve"]["upfrontScore"] == 0.9
+    # A fallback (or a spill-over) does not reach it either: 503 (429) rather than the top.
+    s = ladder(
+        Reply(raises=RuntimeError("down")),
+        Reply(raises=RuntimeError("down")),
+        limits=cap,
+    )
+    r = await s.post()
+    assert r.status_code == 503 and "maxCost" in r.json()["error"]["message"]
+    s = ladder(Reply(raises=full(1.0)), Reply(raises=full(1.0)), limits=cap)
+    r = await s.post()
+    assert r.status_code == 429 and "maxCost" in r.json()["error"]["message"]
+    assert not s.tiers["large"].requests
+    # Without the cap the same climb reaches the top.
+    s = ladder(unsure, unsure)
+    assert headers(await s.post()) == ("large", "true", "low-confidence")
+
+
+@aio
+async def test_pinned_requests_and_force_rules_are_not_capped() -> None:
+    rules = [{"name": "medical", "keywords": ["dosage"]}]
+    s = priced_stack(
+        FakeTier("small"),
+        FakeTier("large"),
+        limits={"maxCost": 0.0, "maxRungs": 0},
+        forceTopTier=rules,
+    )
+    assert info(await s.post(prompt="What dosage?")) == ("large", False, "forced:medical")
+    assert info(await s.post(model=f"{MODEL}:large")) == ("large", False, "pinned")
+    assert s.metric("tierserve_capped_requests") == 0
+
+
+@aio
+async def test_spillover_sends_a_saturated_tiers_request_by_its_own_policy() -> None:
+    # spillover none: a full tier answers 429 while a failing one still falls back up.
+    s = stack(FakeTier("small", Reply(raises=full(1.0))), FakeTier("large"), spillover="none")
+    r = await s.post()
+    assert r.status_code == 429 and not s.tiers["large"].requests
+    s.tiers["small"].replies = [Reply(raises=RuntimeError("down"))]
+    assert info(await s.post()) == ("large", False, "fallback:small")
+    # spillover previousTier: a full top tier sends the request back down, metered.
+    s = stack(FakeTier("small"), FakeTier("large", Reply(raises=full())), spillover="previousTier")
+    assert info(await s.post(model=f"{MODEL}:large")) == ("small", False, "fallback:large")
+    assert (
+        s.metric("tierserve_fallbacks", from_tier="large", to_tier="small", reason="overloaded")
+        == 1
+    )
+    # ...and to an escalated request's own lower answer, without asking again.
+    small = FakeTier("small", Reply(text="41", logprobs=[UNSURE]))
+    s = priced_stack(small, FakeTier("large", Reply(raises=full())), spillover="previousTier")
+    r = await s.post()
+    assert info(r) == ("small", False, "fallback:large") and r.json()["choices"][0]["text"] == "41"
+    assert len(small.requests) == 1
+    assert bill(r)["tiers"] == [line("small", "answer", 3, 2)]  # came back to: not waste
+    # A failing top tier still falls back as `fallback` says (nextTier: nowhere above).
+    s = stack(
+        FakeTier("small"),
+        FakeTier("large", Reply(raises=RuntimeError("x"))),
+        spillover="previousTier",
+    )
+    assert (await s.post(model=f"{MODEL}:large")).status_code == 503

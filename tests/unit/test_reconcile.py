@@ -245,6 +245,23 @@ def test_observe_mode_reports_the_move_it_would_make_and_moves_nothing() -> None
     assert esc["history"][-1]["applied"] is True and esc["history"][-1]["to"] == 0.65
 
 
+def test_shadow_quality_is_in_status_with_its_interval() -> None:
+    c = Cluster()
+    c.body["spec"]["routing"]["shadow"] = {"sampleRate": 0.1}
+    c.signals = Reading(OVER_BUDGET, "", {"small": (45.0, 50.0)})
+    c.reconcile()
+    assert "quality" not in c.status  # read with the policy's first decision
+    c.later()
+    c.reconcile()
+    quality = c.status["quality"]
+    (small,) = quality["tiers"]
+    assert (small["tier"], small["samples"], small["winOrTieRate"]) == ("small", 50, 0.9)
+    assert small["low"] < 0.9 < small["high"] and small["window"] == "1h"
+    assert quality["routerVsTopTier"]["notWorseRate"] == pytest.approx(0.6 + 0.4 * 0.9)
+    c.later(5)  # between decisions the reading stands, and nothing is written
+    assert c.reconcile().status_patch == {}
+
+
 def test_history_keeps_the_last_ten_moves_oldest_first() -> None:
     c = Cluster()
     c.edit_spec("routing.escalation.bounds.max", 1.0)

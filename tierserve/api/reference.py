@@ -94,8 +94,9 @@ def _link(path: str) -> str:
 
 
 def value(v: Any) -> str:
-    """A value as a user would write it in YAML: strings bare unless empty, the rest as JSON."""
-    if isinstance(v, str) and v:
+    """A value as a user would write it in YAML: strings bare unless empty or on several lines
+    (quoted, with \\n, as one table cell must be one line), the rest as JSON."""
+    if isinstance(v, str) and v and "\n" not in v:
         return f"`{v}`"
     return f"`{json.dumps(v, separators=(', ', ': '))}`"
 

@@ -106,6 +106,20 @@ class ReplicaBounds(_Model):
     )
 
 
+DEFAULT_TOKENS_PER_SECOND = 1000.0
+
+
+class TokenPrice(_Model):
+    prompt_per_million: float = Field(
+        ge=0, le=1e9, description="Price of a million prompt tokens, in costPerHour's currency."
+    )
+    completion_per_million: float = Field(
+        ge=0,
+        le=1e9,
+        description="Price of a million completion tokens, in costPerHour's currency.",
+    )
+
+
 class Tier(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -155,6 +169,26 @@ class Tier(_Model):
         default=None,
         ge=0,
         description="Cost of one replica per hour, in any currency; drives the cost model.",
+    )
+    tokens_per_second: float = Field(
+        default=DEFAULT_TOKENS_PER_SECOND,
+        gt=0,
+        le=1e7,
+        description=(
+            "Tokens (prompt and completion together) one replica processes per second at its "
+            "usual load, as measured from vLLM's token counters: turns costPerHour into the "
+            "per-token price the router's cost ledger charges (costPerHour / 3600 / "
+            "tokensPerSecond per token). The default is the same for every tier, so prices "
+            "keep the ratio of hourly costs that `tierserve plan` assumes."
+        ),
+    )
+    price: TokenPrice | None = Field(
+        default=None,
+        description=(
+            "An explicit per-token price (a provider's list price, or your own figure) that "
+            "the cost ledger charges instead of the one derived from costPerHour and "
+            "tokensPerSecond. Use costPerHour's currency."
+        ),
     )
     env: dict[str, str] = Field(
         default_factory=dict,
@@ -434,10 +468,100 @@ class ForceRule(_Model):
     )
 
 
+class ShadowJudge(StrEnum):
+    EXACT_MATCH = "exactMatch"
+    PAIRWISE = "pairwise"
+
+
+DEFAULT_JUDGE_PROMPT = (
+    "Two answers to the same request follow. Reply with one word: A if answer A is better, "
+    "B if answer B is better, TIE if they are equally good.\n\n"
+    "Request:\n{request}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\nVerdict:"
+)
+
+
 class Shadow(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.judgePrompt.contains('{request}') && self.judgePrompt.contains('{a}') "
+                    "&& self.judgePrompt.contains('{b}')",
+                    "judgePrompt must contain {request}, {a} and {b}",
+                    ".judgePrompt",
+                )
+            ]
+        }
+    )
+
     sample_rate: Fraction = Field(
         default=0.0,
-        description="Share of lower-tier answers also sent to the top tier to measure agreement.",
+        description=(
+            "Share of lower-tier answers the router keeps that are also answered by the top "
+            "tier and judged against it, off the request path."
+        ),
+    )
+    max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description=(
+            "Most shadow evaluations in flight per router replica; samples beyond it are "
+            "dropped (counted), so shadow traffic never queues behind or ahead of users."
+        ),
+    )
+    max_per_hour: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Most shadow evaluations per router replica per hour. Unset: no budget.",
+    )
+    judge: ShadowJudge = Field(
+        default=ShadowJudge.EXACT_MATCH,
+        description=(
+            "exactMatch: the answers agree when their normalised text is equal (short "
+            "answers: numbers, labels). pairwise: a judge tier is asked, blind and in random "
+            "order, which answer is better or whether they tie (free text)."
+        ),
+    )
+    judge_tier: str | None = Field(
+        default=None,
+        max_length=40,
+        description="pairwise: the tier that judges. Unset: the top tier.",
+    )
+    judge_prompt: str = Field(
+        default=DEFAULT_JUDGE_PROMPT,
+        min_length=1,
+        max_length=8192,
+        description=(
+            "pairwise: the judge's prompt, with {request}, {a} and {b}. The verdict must be "
+            "exactly A, B or TIE (case and a trailing period aside); anything else is counted "
+            "as unparseable, never as agreement."
+        ),
+    )
+
+
+class Limits(_Model):
+    max_rungs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TIERS - 1,
+        description=(
+            "Most rungs one cascaded request may climb above the tier it starts on (0: none). "
+            "When an answer is unsure and the cap is reached, it is kept with reason "
+            "cap:rungs. Unset: no cap."
+        ),
+    )
+    max_cost: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Most one request may spend, in the tiers' price currency (the cost ledger, "
+            "docs/operations.md): no climb, upfront jump, fallback or spill-over sends it to a "
+            "tier whose estimated cost would take its spend past this; a stopped climb keeps "
+            "the answer so far with reason cap:cost. The first tier always answers; pinned "
+            "requests and forceTopTier rules are exempt. Unset: no cap."
+        ),
     )
 
 
@@ -462,8 +586,21 @@ class Routing(_Model):
     )
     fallback: Fallback = Field(
         default=Fallback.NEXT_TIER,
-        description="Where a request goes when its tier errors, times out or is unavailable.",
+        description=(
+            "Where a request goes when its tier errors, times out or is unavailable (and, "
+            "unless spillover says otherwise, when it is saturated)."
+        ),
     )
+    spillover: Fallback | None = Field(
+        default=None,
+        description=(
+            "Where a request goes when its tier is saturated (its replicas' queues are full: "
+            "Serve's backpressure, see replicas.maxQueuedRequests): nextTier, previousTier, or "
+            "none (the client gets 429 with Retry-After). Counted as fallbacks with reason "
+            "overloaded. Unset: the same as fallback."
+        ),
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-request caps.")
     shadow: Shadow = Field(default_factory=Shadow, description="Shadow evaluation.")
     request_timeout_seconds: float = Field(
         default=60.0,
@@ -536,6 +673,12 @@ class ModelTierSpec(_Model):
                     "self.routing.mode == 'none' || size(self.tiers) >= 2",
                     "routing.mode upfront, cascade and hybrid need at least two tiers",
                     ".routing.mode",
+                ),
+                cel(
+                    "!has(self.routing.shadow) || !has(self.routing.shadow.judgeTier) || "
+                    "self.tiers.exists(t, t.name == self.routing.shadow.judgeTier)",
+                    "routing.shadow.judgeTier must name a tier in spec.tiers",
+                    ".routing.shadow.judgeTier",
                 ),
             ]
         }
@@ -641,6 +784,41 @@ class EscalationStatus(_Status):
     signals: dict[str, float] = Field(default_factory=dict, description="Inputs last used.")
 
 
+QUALITY_WINDOW = "1h"
+
+
+class TierQuality(_Status):
+    """Shadow evaluation of one lower tier's kept answers against the top tier's."""
+
+    tier: str = Field(description="The lower tier whose kept answers were judged.")
+    samples: int = Field(default=0, description=f"Judged answers in the last {QUALITY_WINDOW}.")
+    win_or_tie_rate: float | None = Field(
+        default=None, description="Share judged at least as good as the top tier's answer."
+    )
+    low: float | None = Field(default=None, description="95% Wilson interval, lower end.")
+    high: float | None = Field(default=None, description="95% Wilson interval, upper end.")
+    window: str = Field(default=QUALITY_WINDOW, description="The window it was measured over.")
+
+
+class RouterQuality(_Status):
+    """The router's answers against always sending to the top tier, estimated from shadow
+    verdicts: escalated answers are the top tier's own; kept ones win or tie at their rate."""
+
+    not_worse_rate: float | None = Field(
+        default=None, description="Estimated share of answers at least as good as all-top."
+    )
+    low: float | None = Field(default=None, description="95% interval, lower end.")
+    high: float | None = Field(default=None, description="95% interval, upper end.")
+    samples: int = Field(default=0, description="Judged answers behind the estimate.")
+
+
+class QualityStatus(_Status):
+    tiers: list[TierQuality] = Field(default_factory=list, description="Per lower tier.")
+    router_vs_top_tier: RouterQuality | None = Field(
+        default=None, description="The router's answers against always-top (all tiers pooled)."
+    )
+
+
 class ModelTierStatus(_Status):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
@@ -658,6 +836,13 @@ class ModelTierStatus(_Status):
     application: str = Field(default="", description="Name of the Serve application.")
     modelled_cost_factor: float | None = Field(
         default=None, description="All-top-tier cost divided by the modelled cost."
+    )
+    quality: QualityStatus | None = Field(
+        default=None,
+        description=(
+            "Shadow evaluation from Prometheus (with autoscale and shadow.sampleRate > 0): "
+            "per lower tier, the win+tie rate of its kept answers with its interval."
+        ),
     )
     kopf: dict[str, Any] = Field(
         default_factory=dict,

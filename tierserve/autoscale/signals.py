@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
-from tierserve.api.v1alpha1 import ModelTier
+from tierserve.api.v1alpha1 import QUALITY_WINDOW, ModelTier
 from tierserve.autoscale.policy import Signals, parse_duration
 
 ROUTER = "ray_tierserve_"
@@ -61,10 +61,24 @@ def queries(model_tier: str, top_tier: str, top_model_id: str, interval: str) ->
     }
 
 
+def quality_queries(model_tier: str, tiers: list[str], window: str) -> dict[str, str]:
+    """`<tier>/agreed` and `<tier>/judged` -> PromQL: shadow verdicts over `window`."""
+    out = {}
+    for tier in tiers:
+        judged = _sel(modeltier=model_tier, tier=tier)
+        agreed = _sel(modeltier=model_tier, tier=tier, agreed="true")
+        out[f"{tier}/judged"] = f"sum(increase({ROUTER}shadow_evaluations_total{judged}[{window}]))"
+        out[f"{tier}/agreed"] = f"sum(increase({ROUTER}shadow_evaluations_total{agreed}[{window}]))"
+    return out
+
+
 @dataclass(frozen=True)
 class Reading:
     signals: Signals
     error: str  # why nothing could be read (empty when Prometheus answered)
+    quality: dict[str, tuple[float, float]] = field(
+        default_factory=dict
+    )  # tier -> (agreed, judged)
 
 
 def parse_value(body: object, now: float) -> float | None:
@@ -85,7 +99,11 @@ def parse_value(body: object, now: float) -> float | None:
 
 
 async def read_signals(
-    client: httpx.AsyncClient, prometheus_url: str, promql: dict[str, str], timeout: float = 5.0
+    client: httpx.AsyncClient,
+    prometheus_url: str,
+    promql: dict[str, str],
+    timeout: float = 5.0,
+    quality: dict[str, str] | None = None,
 ) -> Reading:
     """Every query at once, so a slow or hung Prometheus costs one timeout per interval, not one
     per signal (the policy counts a missing interval as `interval` towards the grace period)."""
@@ -103,11 +121,18 @@ async def read_signals(
             body = None
         return parse_value(body, time.time()), ""
 
-    answers = await asyncio.gather(*(one(q) for q in promql.values()))
-    values = {name: value for name, (value, _) in zip(promql, answers, strict=True)}
+    quality = quality or {}
+    asked = {**promql, **quality}
+    answers = await asyncio.gather(*(one(q) for q in asked.values()))
+    values = {name: value for name, (value, _) in zip(asked, answers, strict=True)}
     errors = [why for _, why in answers]
     error = "" if any(not why for why in errors) else errors[-1] if errors else ""
-    return Reading(Signals(**values), error)
+    verdicts: dict[str, tuple[float, float]] = {}
+    for key in quality:
+        tier, _, kind = key.rpartition("/")
+        if kind == "judged" and values.get(key) is not None:
+            verdicts[tier] = (values.get(f"{tier}/agreed") or 0.0, float(values[key] or 0.0))
+    return Reading(Signals(**{k: v for k, v in values.items() if k in promql}), error, verdicts)
 
 
 async def read_modeltier(mt: ModelTier, timeout: float = 5.0) -> Reading:
@@ -116,6 +141,11 @@ async def read_modeltier(mt: ModelTier, timeout: float = 5.0) -> Reading:
     if auto is None:
         raise ValueError("escalation.autoscale is not set: there are no signals to read")
     top = mt.spec.tiers[-1]
-    promql = queries(mt.metadata["name"], top.name, top.model.id or top.name, auto.interval)
+    name = mt.metadata["name"]
+    promql = queries(name, top.name, top.model.id or top.name, auto.interval)
+    quality = None
+    if mt.spec.routing.shadow.sample_rate > 0:
+        lower = [t.name for t in mt.spec.tiers[:-1]]
+        quality = quality_queries(name, lower, QUALITY_WINDOW)
     async with httpx.AsyncClient() as client:
-        return await read_signals(client, auto.prometheus_url, promql, timeout)
+        return await read_signals(client, auto.prometheus_url, promql, timeout, quality)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tierserve.api.v1alpha1 import GROUP, KIND, VERSION, ModelTier, ModelTierSpec, Tier
+from tierserve.cost import tier_prices
 from tierserve.names import (
     APP_IMPORT_PATH,
     DASHBOARD_PORT,
@@ -85,11 +86,17 @@ def router_user_config(spec: ModelTierSpec, name: str) -> dict[str, Any]:
     routing = spec.routing.model_dump(by_alias=True, mode="json")
     routing.pop("escalation")
     escalation = spec.routing.escalation
+    prices = tier_prices(spec)  # the cost ledger's per-token prices (tierserve/cost.py)
     return {
         "modelTier": name,
         "tiers": [
-            {"name": t.name, "modelId": t.model.id or t.name, "gpus": t.gpus_per_replica}
-            for t in spec.tiers
+            {
+                "name": t.name,
+                "modelId": t.model.id or t.name,
+                "gpus": t.gpus_per_replica,
+                "price": price.model_dump(by_alias=True, mode="json"),
+            }
+            for t, price in zip(spec.tiers, prices, strict=True)
         ],
         "threshold": escalation.threshold,
         "bounds": escalation.bounds.model_dump(mode="json"),

@@ -31,6 +31,7 @@ from tierserve.api.v1alpha1 import (
     EscalationStatus,
     ModelTier,
     ModelTierStatus,
+    QualityStatus,
     ThresholdMove,
 )
 from tierserve.autoscale.policy import Decision, PolicyMemory, PolicyParams, decide
@@ -74,7 +75,10 @@ class PolicyStep:
     signals: dict[str, float]
     available: bool
     error: str  # why Prometheus could not be read at all
-    applied: bool = True  # False in observe mode: the decision is reported, not carried out
+    applied: bool = True
+    quality: dict[str, tuple[float, float]] = field(
+        default_factory=dict
+    )  # shadow verdicts  # False in observe mode: the decision is reported, not carried out
 
     @property
     def proposes_move(self) -> bool:
@@ -166,6 +170,7 @@ async def _reconcile(body: Mapping[str, Any], state: ObjectState, deps: Deps) ->
         tier_names=",".join(t.name for t in mt.spec.tiers),
         application=backend.application,
         modelled_cost_factor=_cost_factor(mt, previous, done.step),
+        quality=_quality(mt, previous, done.step),
     )
     events = _events(done, backend, previous)
     outcome = "error" if done.error else done.action.value
@@ -250,7 +255,13 @@ async def _decide(
     auto = mt.spec.routing.escalation.autoscale
     applied = auto is None or auto.mode == AutoscaleMode.APPLY
     return PolicyStep(
-        current, decision, signals.as_status(), signals.available(), reading.error, applied
+        current,
+        decision,
+        signals.as_status(),
+        signals.available(),
+        reading.error,
+        applied,
+        reading.quality,
     )
 
 
@@ -312,6 +323,18 @@ def _cost_factor(mt: ModelTier, previous: ModelTierStatus, step: PolicyStep | No
     rate = step.signals.get("escalationRate") if step else None
     factor = st.modelled_cost_factor(mt, rate)
     return factor if factor is not None else previous.modelled_cost_factor
+
+
+def _quality(
+    mt: ModelTier, previous: ModelTierStatus, step: PolicyStep | None
+) -> QualityStatus | None:
+    """Shadow verdicts from Prometheus, read with the policy's signals (so only with autoscale
+    and shadow sampling); the last reading stands between decisions."""
+    if mt.spec.routing.escalation.autoscale is None or mt.spec.routing.shadow.sample_rate <= 0:
+        return None
+    if step is None or not step.quality:
+        return previous.quality
+    return st.quality_status(step.quality, step.signals.get("escalationRate"))
 
 
 def _result(

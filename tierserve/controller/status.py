@@ -9,6 +9,7 @@ so a reconcile that changes nothing writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +22,10 @@ from tierserve.api.v1alpha1 import (
     ConditionType,
     ModelTier,
     ModelTierStatus,
+    QualityStatus,
+    RouterQuality,
     RoutingMode,
+    TierQuality,
     TierStatus,
 )
 from tierserve.controller.backend import AppState, BackendError
@@ -31,6 +35,54 @@ from tierserve.names import INGRESS_DEPLOYMENT, tier_deployment_name
 HEALTHY = "HEALTHY"
 FAILED_APP_STATES = {ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY}
 Reason = ConditionReason
+
+
+def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: sound at small n and near 0 or 1."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def quality_status(
+    verdicts: dict[str, tuple[float, float]], escalation_rate: float | None
+) -> QualityStatus | None:
+    """Per lower tier, the win+tie rate of kept answers; and the router against always-top:
+    escalated answers are the top tier's own (ties), kept ones win or tie at the pooled rate."""
+    if not verdicts:
+        return None
+    tiers = []
+    for tier, (agreed, judged) in sorted(verdicts.items()):
+        n = round(judged)
+        if n <= 0:
+            tiers.append(TierQuality(tier=tier))
+            continue
+        low, high = wilson(agreed, judged)
+        tiers.append(
+            TierQuality(
+                tier=tier,
+                samples=n,
+                win_or_tie_rate=round(agreed / judged, 4),
+                low=round(low, 4),
+                high=round(high, 4),
+            )
+        )
+    agreed = sum(a for a, _ in verdicts.values())
+    judged = sum(j for _, j in verdicts.values())
+    router = None
+    if judged > 0 and escalation_rate is not None:
+        e = min(max(escalation_rate, 0.0), 1.0)
+        low, high = wilson(agreed, judged)
+        router = RouterQuality(
+            not_worse_rate=round(e + (1 - e) * agreed / judged, 4),
+            low=round(e + (1 - e) * low, 4),
+            high=round(e + (1 - e) * high, 4),
+            samples=round(judged),
+        )
+    return QualityStatus(tiers=tiers, router_vs_top_tier=router)
 
 
 def now() -> str:

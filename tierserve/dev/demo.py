@@ -46,6 +46,8 @@ NAMESPACE = "demo"
 NAME = "tiny-sums"
 READY_TIMEOUT_S = 900.0
 BUDGET = 0.3  # the demo's escalation budget: rank threshold 0.5 escalates ~50%, 0.7 ~30%
+SHADOW_RATE = 0.25  # share of kept answers also answered by 'large' and compared (exact match)
+MIN_JUDGED = 20  # shadow verdicts in status before the summary (within the traffic's bound)
 
 
 def say(msg: str) -> None:
@@ -78,6 +80,7 @@ def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) 
             },
             "cascade": {"earlyDecisionTokens": 2, "score": "rank", "rank": {"window": 200}},
             "forceTopTier": [{"name": "finance", "keywords": ["invoice", "refund"]}],
+            "shadow": {"sampleRate": SHADOW_RATE, "maxConcurrent": 2},
         },
     )
     ModelTier.model_validate(doc)  # fail here, with the field named, not at the API server
@@ -182,7 +185,7 @@ def traffic(
     """Two clients loop over held-out sums until `done(elapsed, requests)` says stop (checked,
     with `on_tick`, every 2 s). The caller bounds `done`; a request is at most 120 s more."""
     served: dict[str, int] = {}
-    tally = {"requests": 0, "correct": 0, "escalated": 0, "errors": 0}
+    tally = {"requests": 0, "correct": 0, "escalated": 0, "errors": 0, "kept": 0, "kept_ok": 0}
     lock = threading.Lock()
     stop = threading.Event()
     started = time.monotonic()
@@ -205,8 +208,12 @@ def traffic(
                     body = r.json()
                     tier = body["tierserve"]["tier"]
                     served[tier] = served.get(tier, 0) + 1
+                    right = body["choices"][0]["text"].strip() == example["answer"]
                     tally["escalated"] += bool(body["tierserve"]["escalated"])
-                    tally["correct"] += body["choices"][0]["text"].strip() == example["answer"]
+                    tally["correct"] += right
+                    if tier != "large":  # kept on the lower tier: what shadow evaluation judges
+                        tally["kept"] += 1
+                        tally["kept_ok"] += right
 
     with futures.ThreadPoolExecutor(2) as pool:
         running = [pool.submit(client, k) for k in range(2)]
@@ -278,13 +285,16 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
         say(
             f"==> traffic: held-out sums from 2 clients; budget {BUDGET:.0%}. It runs at least "
             f"{seconds:.0f}s and {MIN_REQUESTS} requests, then until the operator has moved the "
-            f"threshold, at most {max(seconds, MAX_TRAFFIC_S):.0f}s"
+            f"threshold and {MIN_JUDGED} shadow verdicts are in status, at most "
+            f"{max(seconds, MAX_TRAFFIC_S):.0f}s"
         )
         moves: list[str] = []
-        seen = {"threshold": spec_threshold}
+        seen = {"threshold": spec_threshold, "judged": 0.0}
 
         def show_moves() -> None:
-            esc = k.status().get("escalation") or {}
+            status = k.status()
+            seen["judged"] = float(sum(t.get("samples", 0) for t in judged_tiers(status)))
+            esc = status.get("escalation") or {}
             threshold = esc.get("threshold")
             if threshold is not None and threshold != seen["threshold"]:
                 move = f"{seen['threshold']:g} -> {threshold:g}: {esc.get('reason')}"
@@ -293,7 +303,8 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
                 seen["threshold"] = threshold
 
         def done(elapsed: float, requests: int) -> bool:
-            enough = elapsed >= seconds and requests >= MIN_REQUESTS and bool(moves)
+            acted = bool(moves) and seen["judged"] >= MIN_JUDGED
+            enough = elapsed >= seconds and requests >= MIN_REQUESTS and acted
             return enough or elapsed >= max(seconds, MAX_TRAFFIC_S)
 
         tally = traffic(base, prompts, done, show_moves)
@@ -330,6 +341,11 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
                 say("==> stopped")
 
 
+def judged_tiers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.quality.tiers: the operator's reading of the shadow verdicts, per lower tier."""
+    return list((status.get("quality") or {}).get("tiers") or [])
+
+
 def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
     status = kubectl.status()
     esc = status.get("escalation") or {}
@@ -348,6 +364,17 @@ def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
     say(f"    threshold moves during the traffic: {len(moves)}")
     for move in moves:
         say(f"      {move}")
+    for q in judged_tiers(status):
+        rate, low, high = q.get("winOrTieRate"), q.get("low"), q.get("high")
+        direct = tally["kept_ok"] / max(tally["kept"], 1)
+        if rate is None:
+            say(f"    quality: no shadow verdicts for '{q.get('tier')}' yet")
+            continue
+        say(
+            f"    quality (shadow, exact match): '{q['tier']}' kept answers win or tie "
+            f"{rate:.0%} ({low:.0%}-{high:.0%}, {q.get('samples')} judged) against 'large'; "
+            f"measured directly: {direct:.0%} of {tally['kept']} kept answers correct"
+        )
     metrics = find_condition(status, "MetricsAvailable")
     say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
     reduction = status.get("modelledCostFactor")

@@ -11,6 +11,10 @@ circuit breakers, the backpressure rules, shadow sampling, the metrics, and the 
 (`requestTimeoutSeconds` from the request's arrival bounds every await, the rest of a stream
 included).
 
+Every call a request causes goes on its ledger (`tierserve.serving.ledger`), settled into its
+bill when the kept answer has been delivered. Before a request moves to another tier its caps
+(`limits`) are checked; a full tier passes it on by `spillover`, a failed one by `fallback`.
+
 Decisions are `tierserve.serving.routing`'s pure functions; the calls to the tiers
 (`ray.serve.llm` LLMServer deployments behind Serve handles opened with `stream=True`) are
 `tierserve.serving.tiers`'.
@@ -26,8 +30,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierserve.api.v1alpha1 import CascadeScore, ConfidenceMetric, Fallback
-from tierserve.serving import routing
+from pydantic import BaseModel, TypeAdapter
+
+from tierserve.api.v1alpha1 import CascadeScore, ConfidenceMetric, ShadowJudge
+from tierserve.serving import ledger, routing
 from tierserve.serving.config import IngressConfig
 from tierserve.serving.errors import (
     OVERLOAD_RETRY_AFTER_S,
@@ -37,14 +43,23 @@ from tierserve.serving.errors import (
     TierOverloaded,
     TierUnavailable,
 )
+from tierserve.serving.ledger import Bill, Line, Tab
 from tierserve.serving.metrics import IngressMetrics
 from tierserve.serving.rank import RankWindow, escalation_score, load_reference, tie_break
 from tierserve.serving.routing import CircuitBreaker, Plan
+from tierserve.serving.shadow import (
+    ShadowGate,
+    Verdict,
+    exact_verdict,
+    judge_prompt,
+    pairwise_verdict,
+)
 from tierserve.serving.tiers import (
     Attempt,
     Call,
     Chunk,
     backpressure,
+    judge_request,
     self_check_request,
     tier_request,
 )
@@ -66,12 +81,15 @@ class Deadline:
 
 @dataclass
 class Outcome:
-    """The kept answer and how it was reached."""
+    """The kept answer and how it was reached; what else the request spent on the way (answers
+    it climbed away from, selfCheck calls), and once delivered, its bill."""
 
     attempt: Attempt
     escalated: bool
     confidence: float | None
     reason: str
+    spent: list[Line] = field(default_factory=list)
+    bill: Bill | None = None
 
     @property
     def tier(self) -> str:
@@ -84,17 +102,85 @@ class Refusals:
 
     busy: dict[int, float] = field(default_factory=dict)  # tier -> its Retry-After
     broken: list[str] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)  # passed over: beyond the request's maxCost
 
     def error(self, cfg: IngressConfig, deadline: Deadline) -> IngressError:
-        """504 when the time ran out; 429 when only full queues refused; else 503."""
+        """504 when the time ran out; 429 when only full queues refused (tiers the cost cap
+        passed over aside: the full one may take the request later); else 503."""
         if deadline.left() <= 0:
             limit = deadline.seconds
             detail = "".join(f"; {reason}" for reason in self.broken)
             return DeadlineExceeded(f"no tier answered within the request's {limit:g}s{detail}")
         if self.busy and not self.broken:
-            return TierOverloaded("every tier is at capacity", retry_after=min(self.busy.values()))
-        reasons = self.broken + [f"{len(self.busy)} tier(s) at capacity"] * bool(self.busy)
+            within = " within the request's maxCost" if self.capped else ""
+            return TierOverloaded(
+                f"every tier{within} is at capacity", retry_after=min(self.busy.values())
+            )
+        reasons = self.broken + self.capped
+        reasons += [f"{len(self.busy)} tier(s) at capacity"] * bool(self.busy)
         return TierUnavailable("no tier could answer; " + "; ".join(reasons))
+
+
+def next_tier(n_tiers: int, at: int, policy: str, skip: set[int]) -> int | None:
+    """The first tier after `at` in `policy`'s direction (nextTier up, previousTier down, none:
+    no other) that is not in `skip`."""
+    order = routing.fallback_order(n_tiers, at, policy)[1:]
+    return next((i for i in order if i not in skip), None)
+
+
+def exempt(plan: Plan) -> bool:
+    """Caps do not apply to a pinned request (the client chose its tier) nor to a forceTopTier
+    rule's (a safety rule wins over a cost cap)."""
+    return plan.reason == "pinned" or plan.reason.startswith("forced:")
+
+
+def _max_tokens(call: Call) -> int | None:
+    request = call.request
+    return getattr(request, "max_completion_tokens", None) or getattr(request, "max_tokens", None)
+
+
+def _choices(call: Call) -> int:
+    return int(getattr(call.request, "n", None) or 1)
+
+
+_STREAM_OPTIONS: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+def _stream_options(request_type: type[BaseModel]) -> TypeAdapter[Any]:
+    """The request model's own StreamOptions type, whatever module vLLM keeps it in."""
+    adapter = _STREAM_OPTIONS.get(request_type)
+    if adapter is None:
+        annotation: Any = request_type.model_fields["stream_options"].annotation
+        adapter = _STREAM_OPTIONS[request_type] = TypeAdapter(annotation)
+    return adapter
+
+
+def usage_on_every_chunk(request: Any) -> Any:
+    """Stream options that make a tier report usage on every chunk (vLLM's include_usage with
+    continuous_usage_stats): the ledger's token counts, those of a stream abandoned after its
+    early-decision tokens included. The client sees usage only as it asked (`_present`)."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    return _stream_options(type(request)).validate_python(options)
+
+
+def _wants_usage(call: Call, chunk: Chunk) -> bool:
+    """Whether the client asked for this chunk's usage: every chunk's (continuous_usage_stats)
+    or the last one's, the chunk without choices (include_usage)."""
+    options = getattr(call.request, "stream_options", None)
+    if options is None or not options.include_usage:
+        return False
+    return bool(options.continuous_usage_stats) or not chunk.get("choices")
+
+
+def _counted(attempt: Attempt, texts: list[str]) -> int:
+    """Completion tokens counted from what was read, when the tier reported none: one per token
+    logprob, else one per streamed chunk with text (vLLM streams about a token a chunk), else
+    about four characters a token."""
+    if attempt.tokens:
+        return len(attempt.tokens)
+    if attempt.stream:
+        return sum(1 for text in texts if text)
+    return ledger.text_tokens("".join(texts))
 
 
 class CascadeEngine:
@@ -118,6 +204,7 @@ class CascadeEngine:
         self.sample = sample
         self.breakers: dict[str, CircuitBreaker] = {}
         self.shadow_tasks: set[asyncio.Task[None]] = set()
+        self.shadow_gate = ShadowGate()
         self.windows: dict[str, RankWindow] = {}  # lower tier -> its rank reference
         self.seeded: set[str] = set()  # tiers whose window started from a reference file
         self.rank_key: tuple[Any, ...] = ()
@@ -181,38 +268,78 @@ class CascadeEngine:
     # -- choosing the answer -----------------------------------------------------------------
 
     async def run(self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline) -> Outcome:
-        """Climbs from `plan.start` until an answer is kept; raises the IngressError to answer."""
+        """Climbs from `plan.start` until an answer is kept; raises the IngressError to answer.
+
+        A request that fails after climbing has still spent its lower answers: they are
+        metered here; a kept answer's are metered with it, when delivered."""
+        tab = Tab()
         try:
-            return await self._climb(cfg, plan, call, deadline)
+            outcome = await self._climb(cfg, plan, call, deadline, tab)
         except (TierOverloaded, TierUnavailable, DeadlineExceeded) as exc:
-            outcome = "overloaded" if isinstance(exc, TierOverloaded) else "error"
-            self.metrics.answered(cfg.tiers[plan.start].name, str(cfg.mode), {}, outcome)
+            label = "overloaded" if isinstance(exc, TierOverloaded) else "error"
+            self.metrics.answered(cfg.tiers[plan.start].name, str(cfg.mode), {}, label)
+            self._meter(cfg, tab.lines(kept=-1))
             raise
+        except BaseException:
+            self._meter(cfg, tab.lines(kept=-1))
+            raise
+        outcome.spent = tab.lines(kept=outcome.attempt.index)
+        return outcome
+
+    def cap_start(self, cfg: IngressConfig, plan: Plan, call: Call) -> Plan:
+        """An upfront (or hybrid) jump lowered to the highest tier whose estimated cost is
+        within `limits.maxCost`, the first tier at least: the cap keeps requests off tiers
+        it cannot pay for, whichever way they would get there."""
+        limit = cfg.limits.max_cost
+        if limit is None or plan.start == 0 or plan.reason != "upfront-score":
+            return plan
+        start, tab = plan.start, Tab()
+        while start > 0 and self.estimate(cfg, call, start, tab) > limit:
+            start -= 1
+        if start == plan.start:
+            return plan
+        self.metrics.capped(cfg.tiers[start].name, ledger.CAP_COST.removeprefix("cap:"))
+        return Plan(start, ledger.CAP_COST, plan.cascade)
+
+    def estimate(self, cfg: IngressConfig, call: Call, index: int, tab: Tab) -> float:
+        """What a call to tier `index` is estimated to cost this request (see `Tab.next_call`)."""
+        prompt, completion = tab.next_call(call.text, _max_tokens(call))
+        return ledger.estimate(cfg.tiers[index].token_price, prompt, completion, _choices(call))
 
     async def _climb(
-        self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline
+        self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline, tab: Tab
     ) -> Outcome:
         refused: set[int] = set()  # tiers that failed or were full during this request
         # Lower answers kept while a higher tier is tried, for previousTier to come back to.
         parked: dict[int, Attempt] = {}
         index, climbed, score, reason = plan.start, False, None, plan.reason
+        capped = not exempt(plan)
         try:
             while True:
                 climb = plan.cascade and index < cfg.top
-                attempt = await self._rung(cfg, call, index, climb, deadline, refused, parked)
+                attempt = await self._rung(
+                    cfg, call, index, climb, deadline, refused, parked, tab, capped
+                )
                 if attempt.index != index:
                     escalated = climbed and attempt.index > plan.start
                     return Outcome(attempt, escalated, score, f"fallback:{cfg.tiers[index].name}")
                 if not climb:
                     return Outcome(attempt, climbed, score, reason)
                 tier, above = cfg.tiers[index].name, cfg.tiers[index + 1].name
-                score = await self._confidence(cfg, call, attempt, deadline)
+                score = await self._confidence(cfg, call, attempt, deadline, tab)
                 self.metrics.confidence(tier, score)
                 escalation = self.escalation_score(cfg, index, score, call)
                 if not routing.should_escalate(escalation, cfg.threshold):
                     return Outcome(attempt, climbed, score, reason)
+                line = self._line(call, attempt, ledger.WASTED, attempt.held)
+                tab.learn(line, whole=not attempt.stream)
+                cap = self._cap(cfg, call, plan, index, tab, line) if capped else None
+                if cap is not None:  # the best answer so far, saying why it stayed
+                    self.metrics.capped(tier, cap.removeprefix("cap:"))
+                    return Outcome(attempt, climbed, score, cap)
+                tab.climbed[index] = line
                 self.metrics.escalation(tier, above, "low-confidence")
-                if cfg.fallback == Fallback.PREVIOUS_TIER:
+                if cfg.parks:
                     parked[index] = attempt
                 else:
                     await attempt.close()
@@ -221,13 +348,33 @@ class CascadeEngine:
             for attempt in parked.values():
                 await attempt.close()
 
+    def _cap(
+        self, cfg: IngressConfig, call: Call, plan: Plan, index: int, tab: Tab, line: Line
+    ) -> str | None:
+        """The cap that stops a climb from tier `index`, if one does: maxRungs counts the climbs
+        since the plan's start; maxCost the spend so far (this answer's included) plus the next
+        tier's estimate."""
+        limits = cfg.limits
+        if limits.max_rungs is not None and index - plan.start >= limits.max_rungs:
+            return ledger.CAP_RUNGS
+        if limits.max_cost is not None:
+            spend = tab.spent + line.cost + self.estimate(cfg, call, index + 1, tab)
+            if spend > limits.max_cost:
+                return ledger.CAP_COST
+        return None
+
+    def _affordable(self, cfg: IngressConfig, call: Call, index: int, tab: Tab) -> bool:
+        limit = cfg.limits.max_cost
+        return limit is None or tab.spent + self.estimate(cfg, call, index, tab) <= limit
+
     async def _confidence(
-        self, cfg: IngressConfig, call: Call, attempt: Attempt, deadline: Deadline
+        self, cfg: IngressConfig, call: Call, attempt: Attempt, deadline: Deadline, tab: Tab
     ) -> float:
         """The answer's confidence: from its token logprobs, or by asking the tier (selfCheck).
 
         A self-check that fails or runs out of time gives confidence 0: when in doubt, the
-        request goes up, as it would if the tier had been unsure."""
+        request goes up, as it would if the tier had been unsure. A check's tokens go on the
+        request's tab (a failed one's are unknown, and not charged)."""
         metric = cfg.cascade.confidence
         if metric != ConfidenceMetric.SELF_CHECK:
             return routing.confidence(attempt.tokens, metric)
@@ -245,7 +392,12 @@ class CascadeEngine:
         finally:
             await check.close()
         chunk = check.held[0]
-        self.metrics.self_check(tier, "ok", chunk.get("usage") or {})
+        usage = chunk.get("usage") or {}
+        self.metrics.self_check(tier, "ok", usage)
+        tokens = ledger.reported(usage)
+        if tokens is not None:
+            price = attempt.tier.token_price
+            tab.checks.append(Line.of(tier, price, ledger.SELF_CHECK, tokens))
         return routing.p_yes(chunk, call.chat, cfg.cascade.self_check.yes_tokens)
 
     async def _rung(
@@ -257,25 +409,39 @@ class CascadeEngine:
         deadline: Deadline,
         refused: set[int],
         parked: dict[int, Attempt],
+        tab: Tab,
+        capped: bool,
     ) -> Attempt:
-        """Tier `index`'s answer, or that of the first tier after it in the fallback order."""
-        order = routing.fallback_order(len(cfg.tiers), index, cfg.fallback)
-        order = [i for i in order if i not in refused]
+        """Tier `index`'s answer, or that of the tier its refusal sends the request to: in the
+        `spillover` direction when it was full (Serve's backpressure), in the `fallback`
+        direction when it failed or is cooling down. A tier beyond the request's maxCost is
+        passed over in the same direction."""
+        n_tiers = len(cfg.tiers)
         refusals = Refusals()
-        for i in order:
+        policy = str(cfg.fallback)
+        at = index if index not in refused else next_tier(n_tiers, index, policy, refused)
+        while at is not None:
+            i = at
             attempt = parked.pop(i, None)
             if attempt is None:
+                if capped and i != index and not self._affordable(cfg, call, i, tab):
+                    name = cfg.tiers[i].name
+                    refusals.capped.append(f"tier {name} would take it past its maxCost")
+                    refused.add(i)
+                    at = next_tier(n_tiers, i, policy, refused)
+                    continue
                 if deadline.left() <= 0:
                     break
                 budget = routing.attempt_budget(deadline.left(), cfg.request_timeout_seconds)
                 attempt = await self._try(cfg, call, i, climb and i == index, budget, refusals)
-            if attempt is None:
-                refused.add(i)
-                continue
-            if i != index:
-                moved = "overloaded" if index in refusals.busy else "error"
-                self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[i].name, moved)
-            return attempt
+            if attempt is not None:
+                if i != index:
+                    moved = "overloaded" if index in refusals.busy else "error"
+                    self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[i].name, moved)
+                return attempt
+            refused.add(i)
+            policy = cfg.spill if i in refusals.busy else str(cfg.fallback)
+            at = next_tier(n_tiers, i, policy, refused)
         raise refusals.error(cfg, deadline)
 
     async def _try(
@@ -318,9 +484,10 @@ class CascadeEngine:
         self, cfg: IngressConfig, call: Call, index: int, logprobs: bool, budget: float
     ) -> Attempt:
         """Calls tier `index` and reads what its decision needs, within `budget` seconds."""
-        attempt = self._open(
-            cfg, call, index, tier_request(cfg, call, index, logprobs=logprobs, stream=call.stream)
-        )
+        request = tier_request(cfg, call, index, logprobs=logprobs, stream=call.stream)
+        if call.stream:
+            request = request.model_copy(update={"stream_options": usage_on_every_chunk(request)})
+        attempt = self._open(cfg, call, index, request)
         tokens = cfg.cascade.early_decision_tokens if logprobs else 0
         try:
             await asyncio.wait_for(attempt.hold(call.chat, tokens), timeout=budget)
@@ -344,8 +511,10 @@ class CascadeEngine:
         """The kept answer's chunks as the client gets them, then the rest of its stream.
 
         The HTTP status is sent by then, so a tier failing or the deadline passing mid-stream
-        ends it with one error chunk. Once done the request is counted, and a sample of
-        lower-tier answers (streamed ones too) is compared with the top tier's, off the path.
+        ends it with one error chunk. Once done the request is counted and its bill settled
+        (`outcome.bill`, metered; a stream cut short is charged for what was read), and a
+        sample of lower-tier answers (streamed ones too) is compared with the top tier's, off
+        the path.
         """
         attempt = outcome.attempt
         texts: list[str] = []
@@ -357,7 +526,9 @@ class CascadeEngine:
                 for chunk in chunks:
                     texts.append(routing.answer_text(chunk, call.chat))
                     usage = chunk.get("usage") or usage
-                    yield self._present(chunk, call)
+                    shown = self._present(chunk, call)
+                    if shown is not None:
+                        yield shown
                 if attempt.finished:
                     break
                 if deadline.left() <= 0:
@@ -378,45 +549,134 @@ class CascadeEngine:
             yield TierUnavailable(f"tier {outcome.tier} failed mid-stream: {exc!r}"[:300]).body()
         finally:
             await attempt.close()
+            answer = self._line(call, attempt, ledger.ANSWER, [{"usage": usage}], texts)
+            outcome.bill = ledger.settle([*outcome.spent, answer], cfg.tiers[cfg.top].token_price)
+            self._meter(cfg, outcome.bill.lines)
+            self.metrics.top_tier_alone(outcome.tier, str(cfg.mode), outcome.bill.top_tier_alone)
             if result is not None:  # None: the client went away
                 self.metrics.answered(outcome.tier, str(cfg.mode), usage, result)
             if result == "ok":
                 self._maybe_shadow(cfg, call, attempt.index, "".join(texts))
 
     @staticmethod
-    def _present(chunk: Chunk, call: Call) -> Chunk:
-        """The client's model name; logprobs only if it asked for them."""
+    def _present(chunk: Chunk, call: Call) -> Chunk | None:
+        """The client's model name; logprobs only if it asked for them; in a stream, usage only
+        as it asked (every tier is asked for it on every chunk): None for a chunk that carried
+        nothing else."""
         chunk["model"] = call.model
         if not call.wants_logprobs:
             for choice in chunk.get("choices") or []:
                 choice.pop("logprobs", None)
+        if call.stream and "usage" in chunk and not _wants_usage(call, chunk):
+            del chunk["usage"]
+            if not chunk.get("choices"):
+                return None
         return chunk
+
+    # -- the ledger ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _line(
+        call: Call,
+        attempt: Attempt,
+        kind: str,
+        chunks: list[Chunk],
+        texts: list[str] | None = None,
+    ) -> Line:
+        """One call's ledger line: the tokens of the last usage among `chunks` (what was read of
+        it), else counted from what was read, `estimated`."""
+        usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
+        tokens = ledger.reported(usage)
+        tier, price = attempt.tier.name, attempt.tier.token_price
+        if tokens is not None:
+            return Line.of(tier, price, kind, tokens)
+        if texts is None:
+            texts = [routing.answer_text(c, call.chat) for c in chunks]
+        counted = (ledger.text_tokens(call.text), _counted(attempt, texts))
+        return Line.of(tier, price, kind, counted, estimated=True)
+
+    def _meter(self, cfg: IngressConfig, lines: list[Line] | tuple[Line, ...]) -> None:
+        for line in lines:
+            self.metrics.cost(line.tier, str(cfg.mode), line.kind, line.cost)
 
     # -- shadow evaluation -------------------------------------------------------------------
 
     def _maybe_shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
-        """A sample of lower-tier answers is re-asked of the top tier, off the request path."""
+        """A sample of kept lower-tier answers is judged against the top tier's, off the
+        request path, within the gate's concurrency and hourly bounds (dropped beyond them)."""
         rate = cfg.shadow.sample_rate
         if rate <= 0 or index == cfg.top or self.sample() >= rate:
             return
+        tier = cfg.tiers[index].name
+        dropped = self.shadow_gate.admit(cfg.shadow, self.clock())
+        if dropped is not None:
+            self.metrics.shadow_dropped(tier, dropped)
+            return
+        self.metrics.shadow_in_flight(tier, +1)
         task = asyncio.create_task(self._shadow(cfg, call, index, text))
         self.shadow_tasks.add(task)
-        task.add_done_callback(self.shadow_tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.shadow_tasks.discard(task)
+            self.shadow_gate.release()
+            self.metrics.shadow_in_flight(tier, -1)
+
+        task.add_done_callback(done)
 
     async def _shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
-        top = cfg.top
-        if not self.breaker(cfg.tiers[top].name).available(self.clock()):
-            return  # a broken top tier gets no extra traffic; shadows never touch the breakers
+        tier, judge = cfg.tiers[index].name, cfg.shadow.judge
+        verdict = Verdict.ERROR
         try:
-            request = tier_request(cfg, call, top, logprobs=False, stream=False)
-            attempt = self._open(cfg, call, top, request)
-            try:
-                await asyncio.wait_for(attempt.hold(call.chat, 0), cfg.request_timeout_seconds)
-            finally:
-                await attempt.close()
+            reference = await self._ask(cfg, call, cfg.top, None)
+            if reference is None:
+                self.metrics.shadow_dropped(tier, "overloaded")
+                return
+            if judge == ShadowJudge.EXACT_MATCH:
+                verdict = exact_verdict(text, reference)
+            else:
+                lower_first = self.sample() < 0.5
+                prompt = judge_prompt(
+                    cfg.shadow.judge_prompt, call.text, text, reference, lower_first
+                )
+                judge_index = cfg.index(cfg.shadow.judge_tier) if cfg.shadow.judge_tier else None
+                reply = await self._ask(
+                    cfg, call, cfg.top if judge_index is None else judge_index, prompt
+                )
+                if reply is None:
+                    self.metrics.shadow_dropped(tier, "overloaded")
+                    return
+                verdict = pairwise_verdict(reply, lower_first)
         except Exception as exc:  # shadow traffic never affects users
-            logger.info("shadow request failed: %r", exc)
-            return
-        reference = routing.answer_text(attempt.held[0], call.chat)
-        agreed = routing.normalise_answer(reference) == routing.normalise_answer(text)
-        self.metrics.shadow(cfg.tiers[index].name, agreed)
+            logger.info("shadow evaluation failed: %r", exc)
+        self.metrics.shadow_verdict(tier, str(judge), verdict)
+        if verdict.judged:
+            self.metrics.shadow(tier, verdict.agreed)
+
+    async def _ask(
+        self, cfg: IngressConfig, call: Call, index: int, prompt: str | None
+    ) -> str | None:
+        """Tier `index`'s whole answer to the client's request, or (`prompt`) to the judge's
+        question; None when the tier is cooling down or full: shadows never queue or touch
+        the breakers."""
+        if not self.breaker(cfg.tiers[index].name).available(self.clock()):
+            return None
+        if prompt is None:
+            request = tier_request(cfg, call, index, logprobs=False, stream=False)
+        else:
+            request = judge_request(cfg, call, index, prompt)
+        attempt = self._open(cfg, call, index, request)
+        try:
+            await asyncio.wait_for(attempt.hold(call.chat, 0), cfg.request_timeout_seconds)
+        except Exception as exc:
+            if backpressure(exc) is not None:
+                return None
+            raise
+        finally:
+            await attempt.close()
+        body = attempt.held[0]
+        tokens = ledger.reported(body.get("usage"))
+        if tokens is not None:  # counted apart from users' spend: kind shadow or judge
+            kind = "shadow" if prompt is None else "judge"
+            spent = ledger.charge(cfg.tiers[index].token_price, *tokens)
+            self.metrics.cost(cfg.tiers[index].name, str(cfg.mode), kind, spent)
+        return routing.answer_text(body, call.chat)

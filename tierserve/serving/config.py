@@ -1,10 +1,10 @@
 """The ingress's `user_config`, as a model derived from the ModelTier API.
 
 `IngressConfig` *is* the API's `Routing` (mode, cascade, upfront, forceTopTier, fallback,
-shadow, requestTimeoutSeconds) plus what the renderer adds (the ModelTier's name, its tiers), so
-every default and bound exists once, in `tierserve.api.v1alpha1`. It is parsed once per
-`reconfigure` (force rules compiled there too), never per request, and a config the API would
-refuse fails the reconfigure instead of requests.
+spillover, limits, shadow, requestTimeoutSeconds) plus what the renderer adds (the ModelTier's
+name, its tiers and their prices), so every default and bound exists once, in
+`tierserve.api.v1alpha1`. It is parsed once per `reconfigure` (force rules compiled there too),
+never per request, and a config the API would refuse fails the reconfigure instead of requests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
-from tierserve.api.v1alpha1 import ForceRule, Routing
+from tierserve.api.v1alpha1 import (
+    DEFAULT_TOKENS_PER_SECOND,
+    Fallback,
+    ForceRule,
+    Routing,
+    TokenPrice,
+)
+from tierserve.cost import derived_price
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,8 @@ class CompiledRule:
 
 
 class TierRef(BaseModel):
-    """A tier as the ingress needs it: its name, the model id its engine serves, its GPUs."""
+    """A tier as the ingress needs it: its name, the model id its engine serves, its GPUs, and
+    the per-token price its cost ledger charges (the renderer's `tierserve.cost.tier_prices`)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -48,6 +56,16 @@ class TierRef(BaseModel):
     name: str = Field(min_length=1)
     model_id: str = ""
     gpus: int = Field(default=0, ge=0)
+    price: TokenPrice | None = None
+
+    @property
+    def token_price(self) -> TokenPrice:
+        """Its price; without one (a user_config the renderer did not write), what the
+        renderer derives for a spec without costPerHour: GPUs per replica (at least one) per
+        hour at the default throughput."""
+        if self.price is not None:
+            return self.price
+        return derived_price(float(max(self.gpus, 1)), DEFAULT_TOKENS_PER_SECOND)
 
     @model_validator(mode="after")
     def _model_id_defaults_to_name(self) -> TierRef:
@@ -87,6 +105,9 @@ class IngressConfig(Routing):
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique: {names}")
+        judge = self.shadow.judge_tier
+        if judge is not None and judge not in names:
+            raise ValueError(f"shadow.judgeTier {judge!r} is not a tier: {names}")
         return self
 
     def model_post_init(self, context: Any) -> None:
@@ -100,6 +121,16 @@ class IngressConfig(Routing):
     @property
     def threshold(self) -> float:
         return self.escalation.threshold
+
+    @property
+    def spill(self) -> str:
+        """Where a saturated tier's request goes: `spillover`, unset meaning `fallback`."""
+        return str(self.spillover if self.spillover is not None else self.fallback)
+
+    @property
+    def parks(self) -> bool:
+        """Lower answers are kept while a higher tier is tried, for a move back down to them."""
+        return Fallback.PREVIOUS_TIER in (self.fallback, self.spill)
 
     @property
     def top(self) -> int:

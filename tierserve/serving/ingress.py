@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -37,6 +37,7 @@ from tierserve.serving import routing, validation
 from tierserve.serving.cascade import CascadeEngine, Deadline, Outcome
 from tierserve.serving.config import IngressConfig, TierRef, config_hash
 from tierserve.serving.errors import IngressError, InvalidRequest
+from tierserve.serving.ledger import Bill
 from tierserve.serving.metrics import IngressMetrics, MetricSink
 from tierserve.serving.scorers import Scorer, load_scorer
 from tierserve.serving.tiers import Call, Chunk
@@ -51,13 +52,16 @@ MAX_BODY_BYTES_ENV = "TIERSERVE_MAX_BODY_BYTES"
 
 @dataclass(frozen=True)
 class Decision:
-    """Who answered and why, as the client reads it in headers and in the body's `tierserve`."""
+    """Who answered and why, as the client reads it in headers and in the body's `tierserve`;
+    with `bill`, what it cost (a whole answer's headers and body; a stream's last chunk only,
+    its headers being sent before the cost is known)."""
 
     tier: str
     escalated: bool
     confidence: float | None
     reason: str
     upfront_score: float | None
+    bill: Bill | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -69,6 +73,8 @@ class Decision:
             headers["x-tierserve-confidence"] = f"{self.confidence:.4f}"
         if self.upfront_score is not None:
             headers["x-tierserve-upfront-score"] = f"{self.upfront_score:.4f}"
+        if self.bill is not None:
+            headers |= self.bill.headers()
         return headers
 
     def body(self) -> dict[str, Any]:
@@ -80,6 +86,8 @@ class Decision:
         }
         if self.upfront_score is not None:
             info["upfrontScore"] = round(self.upfront_score, 4)
+        if self.bill is not None:
+            info["cost"] = self.bill.body()
         return info
 
 
@@ -158,21 +166,22 @@ class TierIngress:
         upfront_mode = cfg.mode in (RoutingMode.UPFRONT, RoutingMode.HYBRID)
         if pinned is None and not forced and upfront_mode and self.scorer is not None:
             score = self.scorer.score(text)
-        plan = routing.plan_request(cfg, pinned, forced, score)
+        planned = routing.plan_request(cfg, pinned, forced, score)
+        plan = self.engine.cap_start(cfg, planned, call)  # maxCost may lower an upfront jump
         self.metrics.decision(time.perf_counter() - started)
         if plan.start > 0 and plan.reason != "pinned":
-            self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, plan.reason)
+            self.metrics.escalation(cfg.tiers[0].name, cfg.tiers[plan.start].name, planned.reason)
         try:
             outcome = await self.engine.run(cfg, plan, call, deadline)
         except InvalidRequest as exc:  # a tier's 4xx: name the field as the client wrote it
             exc.param = validation.client_param(exc.param, call.chat)
             raise
-        upfront = score if plan.reason == "upfront-score" else None
+        upfront = score if planned.reason == "upfront-score" else None
         decision = _decision(outcome, upfront, plan.start)
         chunks = self.engine.deliver(cfg, call, outcome, deadline)
         if call.stream:
-            return await _sse(chunks, decision)
-        return await _json(chunks, decision)
+            return await _sse(chunks, decision, outcome)
+        return await _json(chunks, decision, outcome)
 
     def current_config(self) -> dict[str, Any]:
         cfg = self.config
@@ -200,19 +209,25 @@ def _decision(outcome: Outcome, upfront: float | None, start: int) -> Decision:
     return Decision(outcome.tier, escalated, outcome.confidence, outcome.reason, upfront)
 
 
-async def _json(chunks: AsyncIterator[Chunk], decision: Decision) -> JSONResponse:
-    """A whole answer: the one chunk, with who answered in `tierserve`."""
-    (body,) = [chunk async for chunk in chunks]  # drained: the request is counted at its end
+async def _json(chunks: AsyncIterator[Chunk], decision: Decision, outcome: Outcome) -> JSONResponse:
+    """A whole answer: the one chunk, with who answered and what it cost in `tierserve`."""
+    (body,) = [chunk async for chunk in chunks]  # drained: counted and billed at its end
+    decision = replace(decision, bill=outcome.bill)
     body["tierserve"] = decision.body()
     return JSONResponse(body, headers=decision.headers())
 
 
-async def _sse(chunks: AsyncIterator[Chunk], decision: Decision) -> StreamingResponse:
+async def _sse(
+    chunks: AsyncIterator[Chunk], decision: Decision, outcome: Outcome
+) -> StreamingResponse:
     """A stream: each chunk as a server-sent event, then `[DONE]`.
 
     The first chunk is read here, so `chunks` has started: if the client leaves before the
     body is sent, its cleanup (closing the tier's stream, the metrics) still runs when it is
-    collected, which a never-started generator would skip.
+    collected, which a never-started generator would skip. The answer's cost is known only
+    when the stream has ended: a chunk that may be the last (a choice finished; no choices: the
+    usage, an error) is held until the next arrives, so the last one carries the `tierserve`
+    decision with the cost, and tokens are never held back.
     """
     first = await anext(aiter(chunks), None)
 
@@ -220,12 +235,27 @@ async def _sse(chunks: AsyncIterator[Chunk], decision: Decision) -> StreamingRes
         if first is None:
             yield "data: [DONE]\n\n"
             return
-        yield f"data: {json.dumps(first)}\n\n"
+        held = first if _terminal(first) else None
+        if held is None:
+            yield f"data: {json.dumps(first)}\n\n"
         async for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
+            if held is not None:
+                yield f"data: {json.dumps(held)}\n\n"
+            held = chunk if _terminal(chunk) else None
+            if held is None:
+                yield f"data: {json.dumps(chunk)}\n\n"
+        last = held if held is not None else {"model": first.get("model"), "choices": []}
+        last["tierserve"] = replace(decision, bill=outcome.bill).body()
+        yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=decision.headers())
+
+
+def _terminal(chunk: Chunk) -> bool:
+    """A chunk that may end a stream: one of its choices finished, or it has none."""
+    choices = chunk.get("choices") or []
+    return not choices or any(choice.get("finish_reason") for choice in choices)
 
 
 # -- the HTTP app ------------------------------------------------------------------------------

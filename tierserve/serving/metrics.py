@@ -165,6 +165,22 @@ class IngressMetrics:
             "selfCheck calls to a lower tier (their cost: one more prompt each), by outcome.",
             _keys("modeltier", "tier", "outcome"),
         )
+        self._shadow_verdicts = metrics.counter(
+            "tierserve_shadow_verdicts",
+            "Shadow evaluations by verdict for the kept lower-tier answer (win, tie, loss, "
+            "unparseable, error) and judge (exactMatch, pairwise).",
+            _keys("modeltier", "tier", "judge", "verdict"),
+        )
+        self._shadow_dropped = metrics.counter(
+            "tierserve_shadow_dropped",
+            "Sampled answers not evaluated (concurrency, budget, overloaded).",
+            _keys("modeltier", "tier", "reason"),
+        )
+        self._shadow_in_flight = metrics.gauge(
+            "tierserve_shadow_in_flight",
+            "Shadow evaluations in progress on this router replica.",
+            _keys("modeltier", "tier"),
+        )
         self._in_flight = metrics.gauge(
             "tierserve_in_flight_requests",
             "Requests in progress, by tier.",
@@ -174,6 +190,22 @@ class IngressMetrics:
             "tierserve_gpu_seconds",
             "Request seconds times GPUs per replica, for cost accounting.",
             _keys("modeltier", "tier"),
+        )
+        self._cost = metrics.counter(
+            "tierserve_cost",
+            "Spend by the cost ledger's prices, by tier and kind (answer, wasted, self_check, "
+            "shadow, judge).",
+            _keys("modeltier", "tier", "mode", "kind"),
+        )
+        self._top_tier_alone = metrics.counter(
+            "tierserve_top_tier_alone_cost",
+            "What the top tier alone would have charged for the answers, by answering tier.",
+            _keys("modeltier", "tier", "mode"),
+        )
+        self._capped = metrics.counter(
+            "tierserve_capped_requests",
+            "Requests a per-request cap kept off a higher tier, by the tier that answered.",
+            _keys("modeltier", "tier", "cap"),
         )
         self._threshold = metrics.gauge(
             "tierserve_escalation_threshold",
@@ -215,9 +247,35 @@ class IngressMetrics:
             if count:
                 self._tokens.inc(count, self._t(tier=tier, kind=f"self_check_{kind}"))
 
+    def shadow_verdict(self, tier: str, judge: str, verdict: str) -> None:
+        self._shadow_verdicts.inc(1, self._t(tier=tier, judge=judge, verdict=verdict))
+
+    def shadow_dropped(self, tier: str, reason: str) -> None:
+        self._shadow_dropped.inc(1, self._t(tier=tier, reason=reason))
+
+    def shadow_in_flight(self, tier: str, change: int) -> None:
+        key = f"shadow:{tier}"
+        self._active[key] = self._active.get(key, 0) + change
+        self._shadow_in_flight.set(self._active[key], self._t(tier=tier))
+
     def gpu_seconds(self, tier: str, gpus: int, seconds: float) -> None:
         if gpus > 0:
             self._gpu_seconds.inc(gpus * seconds, self._t(tier=tier))
+
+    def cost(self, tier: str, mode: str, kind: str, value: float) -> None:
+        """Spend on `tier` (ledger prices); zero is not recorded (Ray's counters refuse it)."""
+        if value > 0:
+            self._cost.inc(value, self._t(tier=tier, mode=mode, kind=kind))
+
+    def top_tier_alone(self, tier: str, mode: str, value: float) -> None:
+        """An answer of `tier` priced at the top tier's rates: savings = this - cost. A counter
+        of savings could not be: one request's savings are negative when it climbed."""
+        if value > 0:
+            self._top_tier_alone.inc(value, self._t(tier=tier, mode=mode))
+
+    def capped(self, tier: str, cap: str) -> None:
+        """A cap (`rungs`, `cost`) stopped a request from going above `tier`."""
+        self._capped.inc(1, self._t(tier=tier, cap=cap))
 
     def threshold(self, value: float) -> None:
         self._threshold.set(value, self._t())

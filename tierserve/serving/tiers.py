@@ -149,6 +149,25 @@ def self_check_request(cfg: IngressConfig, call: Call, index: int, answer: str) 
     return call.request.model_copy(update=update)
 
 
+JUDGE_MAX_TOKENS = 4  # room for "TIE." and a stray token; anything longer is unparseable
+
+
+def judge_request(cfg: IngressConfig, call: Call, index: int, prompt: str) -> Any:
+    """The judge's question, as a fresh request of the client's kind (chat or completions):
+    none of the client's own parameters (tools, formats, penalties) reach the judge."""
+    body: dict[str, Any] = {
+        "model": cfg.tiers[index].model_id,
+        "max_tokens": JUDGE_MAX_TOKENS,
+        "temperature": 0.0,
+        "stream": False,
+    }
+    if call.chat:
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return type(call.request).model_validate(body)
+
+
 async def _close(gen: Any) -> None:
     """Stops an abandoned stream, so the tier stops generating for nobody."""
     aclose = getattr(gen, "aclose", None)
