@@ -55,7 +55,12 @@ def test_demo_reaches_its_summary_and_the_printed_curl_answers() -> None:
         summary = output[output.index("==> summary") :]
         assert "0 errors" in summary.splitlines()[0], summary
         assert "served by tier: {" in summary and "'small'" in summary
-        assert "live threshold:" in summary and "modelled cost:" in summary
+        assert "live threshold:" in summary and "modelled cost" in summary
+        # The ledger's per-request costs, summed, against 'large' alone: cheaper, as modelled.
+        measured = re.search(r"measured cost .*: ([\d.]+)x cheaper", summary)
+        modelled = re.search(r"modelled cost .*: ([\d.]+)x cheaper", summary)
+        assert measured and modelled, summary
+        assert float(measured.group(1)) > 1.0 and float(modelled.group(1)) > 1.0, summary
         assert "MetricsAvailable=True" in summary, summary
         # Traffic runs until the autoscaler has acted (~50% escalated vs a 30% budget at 0.5),
         # so the summary reports at least one move, made while the traffic ran.

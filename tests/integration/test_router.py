@@ -427,6 +427,69 @@ def test_rank_score_and_self_check_on_held_out_sums(
         app.route(escalation={"threshold": 0.5}, cascade=DEFAULT_CASCADE)
 
 
+def cost_totals(head: RayHead, model_tier: str) -> dict[str, float]:
+    """`kind` -> ray_tierserve_cost_total summed over tiers and modes, from Ray's exporter."""
+    text = httpx.get(head.metrics_url, timeout=10).text
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "ray_tierserve_cost_total"
+                and sample.labels.get("modeltier") == model_tier
+            ):
+                kind = sample.labels["kind"]
+                totals[kind] = totals.get(kind, 0.0) + sample.value
+    return totals
+
+
+def test_per_request_costs_add_up_to_the_cost_metrics(app: TieredApp, ray_head: RayHead) -> None:
+    """Each answer's cost (header, body, a stream's last event) is the ledger's; their sum is
+    what Prometheus gets."""
+    app.route(mode="cascade", escalation={"threshold": 0.5})
+
+    def settled() -> dict[str, float] | None:
+        """Totals that no earlier request still adds to (Ray exports every few seconds)."""
+        first = cost_totals(ray_head, app.model)
+        time.sleep(12)
+        return first if cost_totals(ray_head, app.model) == first else None
+
+    before = eventually(settled, "the cost totals to settle", timeout=120, interval=0.1)
+    billed = 0.0
+    for prompt in PROMPTS * 2:
+        r = complete(app, prompt)
+        bill = r.json()["tierserve"]["cost"]
+        assert float(r.headers["x-tierserve-cost"]) == pytest.approx(bill["total"], rel=1e-5)
+        assert bill["total"] == pytest.approx(sum(t["cost"] for t in bill["tiers"]))
+        assert bill["savings"] == pytest.approx(bill["topTierAlone"] - bill["total"])
+        billed += bill["total"]
+    body = {
+        "model": app.model,
+        "prompt": "12+34=",
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+    }
+    last: dict[str, Any] = {}
+    with httpx.stream("POST", f"{app.base_url}/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                last = json.loads(line[6:])
+    billed += last["tierserve"]["cost"]["total"]
+
+    seen: dict[str, Any] = {}
+
+    def added() -> float | None:
+        now = cost_totals(ray_head, app.model)
+        spent = sum(v - before.get(k, 0.0) for k, v in now.items() if k not in ("shadow", "judge"))
+        seen.update(now=now, spent=spent)
+        return spent if spent == pytest.approx(billed, rel=1e-6) else None
+
+    try:
+        eventually(added, f"ray_tierserve_cost_total to add up to {billed:.6g}", timeout=90)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; before {before}, last seen {seen}") from None
+
+
 def test_killing_the_small_tier_during_traffic_loses_no_request(app: TieredApp) -> None:
     # A dead replica's requests wait for Serve to start a new one (~30 s here): the per-tier
     # timeout is what turns that wait into a fallback to the next tier.

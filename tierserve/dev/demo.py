@@ -185,7 +185,16 @@ def traffic(
     """Two clients loop over held-out sums until `done(elapsed, requests)` says stop (checked,
     with `on_tick`, every 2 s). The caller bounds `done`; a request is at most 120 s more."""
     served: dict[str, int] = {}
-    tally = {"requests": 0, "correct": 0, "escalated": 0, "errors": 0, "kept": 0, "kept_ok": 0}
+    tally: dict[str, float] = {
+        "requests": 0,
+        "correct": 0,
+        "escalated": 0,
+        "errors": 0,
+        "kept": 0,
+        "kept_ok": 0,
+        "cost": 0.0,  # the ledger's per-request costs, summed
+        "top_alone": 0.0,  # what the same answers would have cost from 'large' alone
+    }
     lock = threading.Lock()
     stop = threading.Event()
     started = time.monotonic()
@@ -209,6 +218,9 @@ def traffic(
                     tier = body["tierserve"]["tier"]
                     served[tier] = served.get(tier, 0) + 1
                     right = body["choices"][0]["text"].strip() == example["answer"]
+                    bill = body["tierserve"].get("cost") or {}
+                    tally["cost"] += float(bill.get("total") or 0.0)
+                    tally["top_alone"] += float(bill.get("topTierAlone") or 0.0)
                     tally["escalated"] += bool(body["tierserve"]["escalated"])
                     tally["correct"] += right
                     if tier != "large":  # kept on the lower tier: what shadow evaluation judges
@@ -221,7 +233,7 @@ def traffic(
             while not all(f.done() for f in running):
                 on_tick()
                 with lock:
-                    requests = tally["requests"]
+                    requests = int(tally["requests"])
                 if done(time.monotonic() - started, requests):
                     stop.set()
                 time.sleep(2)
@@ -377,11 +389,19 @@ def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
         )
     metrics = find_condition(status, "MetricsAvailable")
     say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
-    reduction = status.get("modelledCostFactor")
-    if reduction is None:  # computed here from what was served, with the same cost model
-        share = tally["served"].get(mt.spec.tiers[-1].name, 0) / n
-        reduction = cost.reduction(cost.tier_costs(mt.spec), [1 - share, share], "cascade")
-    say(f"    modelled cost: {float(reduction):.2f}x cheaper than sending everything to 'large'")
+    share = tally["served"].get(mt.spec.tiers[-1].name, 0) / n
+    planned = cost.reduction(cost.tier_costs(mt.spec), [1 - share, share], "cascade")
+    say(
+        f"    modelled cost (`tierserve plan` at {share:.0%} escalated): {planned:.2f}x cheaper "
+        "than sending everything to 'large'"
+    )
+    if tally["cost"] > 0:
+        measured = tally["top_alone"] / tally["cost"]
+        say(
+            f"    measured cost (sum of the {tally['requests']} answers' x-tierserve-cost): "
+            f"{tally['cost']:.4g} against {tally['top_alone']:.4g} from 'large' alone: "
+            f"{measured:.2f}x cheaper"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
