@@ -7,7 +7,6 @@ API), so tests and benchmarks of the data path exercise exactly what production 
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ from tierserve.controller.serve_client import (
     ServeAPIError,
     ServeClient,
 )
-from tierserve.dev.proc import ComponentError
+from tierserve.dev.proc import ComponentError, wait_until
 from tierserve.serving.config import config_hash
 
 CPU_ENGINE_ARGS = {
@@ -83,21 +82,27 @@ class TieredApp:
 
     def deploy(self, timeout: float = 900.0, progress: Any = None) -> None:
         self.serve.deploy(ApplicationConfig.model_validate(render.serve_application(self.mt)))
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        seen = {"state": ""}
+
+        def running() -> bool:
             app = self.serve.details().applications.get(self.name)
-            state = app.status if app else ""
-            if state == "RUNNING":
-                return
+            state = str(app.status) if app else ""
             if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                 message = " ".join(str(app.message if app else "").split())[:500]
                 raise ComponentError("serve application", f"{self.name} is {state}: {message}")
-            if progress and state != last:
+            if progress and state != seen["state"]:
                 progress(f"==> {self.name}: {state or 'submitted'}")
-            last = state
-            time.sleep(2)
-        raise ComponentError("serve application", f"{self.name} not RUNNING after {timeout:.0f}s")
+            seen["state"] = state
+            return state == "RUNNING"
+
+        wait_until(
+            running,
+            timeout=timeout,
+            component="serve application",
+            what=f"{self.name} RUNNING",
+            interval=2,
+            retry=(),
+        )
 
     def route(self, timeout: float = 60.0, **routing: Any) -> None:
         """Merges `routing` into spec.routing and re-applies; only the router config moves."""
@@ -111,16 +116,15 @@ class TieredApp:
         app = ApplicationConfig.model_validate(render.serve_application(self.mt))
         self.serve.deploy(app)
         want = config_hash(app.deployments[0].user_config or {})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                cfg = httpx.get(f"{self.base_url[:-3]}/tierserve/config", timeout=5).json()
-                if cfg["configHash"] == want:
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(0.3)
-        raise ComponentError("router", f"did not pick up config {want} in {timeout:.0f}s")
+        url = f"{self.base_url[:-3]}/tierserve/config"
+        wait_until(
+            lambda: httpx.get(url, timeout=5).json()["configHash"] == want,
+            timeout=timeout,
+            component="router",
+            what=f"serving config {want}",
+            interval=0.3,
+            retry=(httpx.HTTPError, KeyError, ValueError),
+        )
 
     def remove(self) -> None:
         self.serve.remove(self.name)

@@ -1,0 +1,151 @@
+"""Shadow evaluation's cost to users, on the live local stack (not a test: it prints figures).
+
+A two-tier tiny-model cascade with every answer kept on `small` (threshold 1.0), so every
+request is a shadow candidate. Rounds alternate (ABBA) between shadow off and shadow on with
+`sampleRate: 1` and `maxConcurrent: 1`, at a client concurrency that keeps the stack busy. It
+prints the users' p50/p99 latency and errors in both, and, for shadow on, the most shadow
+evaluations ever seen in flight: `ray_tierserve_shadow_in_flight` read from Ray's metrics
+exporter every 0.5 s (Ray exports every few seconds, so this samples the gauge; the bound itself
+is enforced per replica by `ShadowGate`), with the verdicts and drops counted.
+
+Run from the repository root: `.venv/bin/python -m bench.shadow_overhead [--requests 200]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.router_bench import percentile, run_round
+from tierserve.dev.ray_local import RayHead, start_ray_head
+from tierserve.dev.tiered import TieredApp, serve_on_loopback, tiny_modeltier
+from tierserve.dev.tinymodels import ensure_models, read_heldout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def series(head: RayHead, name: str, model_tier: str) -> dict[tuple[tuple[str, str], ...], float]:
+    text = httpx.get(head.metrics_url, timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("modeltier") == model_tier:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def watch_in_flight(head: RayHead, model_tier: str, stop: asyncio.Event) -> float:
+    """The largest `ray_tierserve_shadow_in_flight` (summed over replicas) seen until `stop`."""
+    most = 0.0
+    while not stop.is_set():
+        values = await asyncio.to_thread(series, head, "ray_tierserve_shadow_in_flight", model_tier)
+        most = max(most, sum(values.values()))
+        await asyncio.sleep(0.5)
+    return most
+
+
+async def one_round(
+    app: TieredApp, head: RayHead, prompts: list[str], concurrency: int, shadow: bool
+) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_in_flight(head, app.model, stop)) if shadow else None
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        url = f"{app.base_url}/completions"
+        latencies, wall, errors = await run_round(client, url, app.model, prompts, concurrency)
+    await asyncio.sleep(6 if shadow else 0)  # let the last shadows finish and be exported
+    stop.set()
+    most = await watcher if watcher else 0.0
+    return {"latencies": latencies, "wall": wall, "errors": errors, "max_in_flight": most}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="per round")
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA pairs")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", default=str(ROOT / "bench/results/shadow_overhead.json"))
+    args = parser.parse_args(argv)
+
+    models = ensure_models(progress=print)
+    prompts = [h["prompt"] for h in read_heldout(models.heldout)]
+    head = start_ray_head()
+    try:
+        serve_on_loopback(head.dashboard_url, head.serve_http_port)
+        doc = tiny_modeltier(
+            "shadowbench",
+            {"small": str(models.small), "large": str(models.large)},
+            dashboard_url=head.dashboard_url,
+            routing={"mode": "cascade", "escalation": {"threshold": 1.0}},
+        )
+        app = TieredApp(doc, head.serve_url)
+        app.deploy(progress=print)
+        on = {"sampleRate": 1.0, "maxConcurrent": 1}
+        off = {"sampleRate": 0.0}
+        asyncio.run(one_round(app, head, prompts[:16], 4, False))  # warm up
+        collected: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        before = series(head, "ray_tierserve_shadow_verdicts_total", app.model)
+        dropped_before = series(head, "ray_tierserve_shadow_dropped_total", app.model)
+        for i in range(args.rounds):
+            for name in ("off", "on", "on", "off"):
+                app.route(shadow=on if name == "on" else off)
+                batch = [prompts[(i * 7 + j) % len(prompts)] for j in range(args.requests)]
+                got = asyncio.run(one_round(app, head, batch, args.concurrency, name == "on"))
+                collected[name].append(got)
+                print(
+                    f"round {i} shadow {name}: p50 {1000 * percentile(got['latencies'], 0.5):.0f}"
+                    f" ms, p99 {1000 * percentile(got['latencies'], 0.99):.0f} ms, "
+                    f"errors {got['errors']}, max shadows in flight {got['max_in_flight']:.0f}",
+                    flush=True,
+                )
+        verdicts = series(head, "ray_tierserve_shadow_verdicts_total", app.model)
+        dropped = series(head, "ray_tierserve_shadow_dropped_total", app.model)
+    finally:
+        head.stop()
+    summary: dict[str, Any] = {}
+    for name, rounds in collected.items():
+        lat = [x for r in rounds for x in r["latencies"]]
+        summary[name] = {
+            "requests": len(lat) + sum(r["errors"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds),
+            "p50_ms": round(1000 * percentile(lat, 0.5), 1),
+            "p99_ms": round(1000 * percentile(lat, 0.99), 1),
+            "throughput_rps": round(len(lat) / sum(r["wall"] for r in rounds), 2),
+            "max_shadows_in_flight_seen": max(r["max_in_flight"] for r in rounds),
+        }
+
+    def delta(now: dict[Any, float], then: dict[Any, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, value in now.items():
+            label = dict(key).get("verdict") or dict(key).get("reason") or "?"
+            out[label] = out.get(label, 0.0) + value - then.get(key, 0.0)
+        return out
+
+    summary["shadow_verdicts"] = delta(verdicts, before)
+    summary["shadow_dropped"] = delta(dropped, dropped_before)
+    print(json.dumps(summary, indent=2))
+    out = {
+        "what": "users' latency with shadow evaluation off vs on (sampleRate 1, maxConcurrent 1);"
+        " tiny two-tier cascade, every answer kept on small; max_tokens 4",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "concurrency": args.concurrency,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "results": summary,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
