@@ -86,12 +86,17 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
             timeout=120,
         )
         assert pinned.status_code == 200, pinned.text
-        assert pinned.json()["tierserve"] == {
+        decision = pinned.json()["tierserve"]
+        bill = decision.pop("cost")
+        assert decision == {
             "tier": "large",
             "escalated": False,
             "confidence": None,
             "reason": "pinned",
         }
+        # Pinned to the top tier: it costs what the top tier alone costs, nothing saved.
+        assert [t["tier"] for t in bill["tiers"]] == ["large"]
+        assert bill["total"] == bill["topTierAlone"] > 0 and bill["savings"] == 0
 
         bad = httpx.post(
             f"{base}/completions", json={"model": "tiny-sums:huge", "prompt": "1"}, timeout=30
