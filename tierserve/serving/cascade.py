@@ -676,7 +676,7 @@ class CascadeEngine:
         body = attempt.held[0]
         tokens = ledger.reported(body.get("usage"))
         if tokens is not None:  # counted apart from users' spend: kind shadow or judge
-            kind = "shadow" if prompt is None else "judge"
+            kind = ledger.SHADOW if prompt is None else ledger.JUDGE
             spent = ledger.charge(cfg.tiers[index].token_price, *tokens)
             self.metrics.cost(cfg.tiers[index].name, str(cfg.mode), kind, spent)
         return routing.answer_text(body, call.chat)
