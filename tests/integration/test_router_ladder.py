@@ -95,11 +95,12 @@ def test_three_tiers_escalate_one_rung_at_a_time(ladder: TieredApp, ray_head: Ra
 
 
 def test_a_full_tier_sheds_load_with_429_and_retry_after(ladder: TieredApp) -> None:
-    """Eight at once on a tier that takes one plus one queued: the rest get 429, none is lost."""
-    body = {"max_tokens": 48, "min_tokens": 48}
-    with futures.ThreadPoolExecutor(8) as pool:
+    """Sixteen at once on a tier that takes one plus one queued: the rest get 429, none is lost.
+    (Long answers, so the burst overlaps even when a loaded machine staggers its arrivals.)"""
+    body = {"max_tokens": 160, "min_tokens": 160}
+    with futures.ThreadPoolExecutor(16) as pool:
         results = list(
-            pool.map(lambda _: complete(ladder, "12+34=", "ladder:large", **body), range(8))
+            pool.map(lambda _: complete(ladder, "12+34=", "ladder:large", **body), range(16))
         )
     codes = sorted(r.status_code for r in results)
     assert set(codes) == {200, 429}, codes
