@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ray.serve.exceptions import BackPressureError
@@ -42,9 +43,10 @@ class Call:
     def stream(self) -> bool:
         return bool(self.request.stream)
 
-    @property
+    @cached_property
     def text(self) -> str:
-        """The prompt's text, as force rules, scorers and the rank score's tie-break see it."""
+        """The prompt's text, as force rules, scorers, the rank score's tie-break, the
+        self-check and the judge see it: built once per request."""
         r = self.request
         return routing.prompt_text(getattr(r, "messages", None), getattr(r, "prompt", None))
 
