@@ -9,7 +9,8 @@ The router measures the same thing per request (`tierserve.serving.ledger`) from
 prices: a tier's explicit `price`, else its hourly cost spread over the tokens a replica
 processes in an hour (`tier_prices`). With every tier at the default `tokensPerSecond`, those
 prices keep the ratio of hourly costs, so the measured and the modelled figures share one
-assumption and differ only by the traffic.
+assumption and differ only by the traffic. When a tier names its `price`, the model prices a
+request of a given size with every tier's per-token price instead (`request_costs`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,31 @@ def tier_prices(spec: ModelTierSpec) -> list[TokenPrice]:
     ]
 
 
+# The request `tierserve plan` prices when a tier names its own per-token `price` (the ratio
+# of prompt to completion tokens matters only when the tiers' prices weigh them differently).
+PLAN_PROMPT_TOKENS = 500
+PLAN_COMPLETION_TOKENS = 200
+
+
+def request_costs(
+    spec: ModelTierSpec,
+    prompt_tokens: int = PLAN_PROMPT_TOKENS,
+    completion_tokens: int = PLAN_COMPLETION_TOKENS,
+) -> list[float]:
+    """Each tier's cost of one request, in the ratio the router's ledger charges it.
+
+    With no explicit `price` this is `tier_costs` (hourly cost; the derived per-token prices
+    keep its ratio at the default tokensPerSecond). When any tier sets `price`, every tier's
+    per-token price (`tier_prices`) is applied to a request of the given size, so the plan
+    and the status's cost factor follow the prices the router bills with."""
+    if all(t.price is None for t in spec.tiers):
+        return tier_costs(spec)
+    return [
+        (p.prompt_per_million * prompt_tokens + p.completion_per_million * completion_tokens) / 1e6
+        for p in tier_prices(spec)
+    ]
+
+
 def upfront_cost(costs: Sequence[float], shares: Sequence[float]) -> float:
     """Mean cost per request when a share `shares[i]` is sent straight to tier i."""
     return sum(s * c for s, c in zip(shares, costs, strict=True))
@@ -75,14 +101,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tierserve plan", description=main.__doc__)
     parser.add_argument("-f", "--filename", required=True)
     parser.add_argument("--kept", type=float, nargs="+", default=[1.0, 0.9, 0.75, 0.5, 0.25])
+    parser.add_argument("--prompt-tokens", type=int, default=PLAN_PROMPT_TOKENS)
+    parser.add_argument("--completion-tokens", type=int, default=PLAN_COMPLETION_TOKENS)
     args = parser.parse_args(argv)
     doc = yaml.safe_load(Path(args.filename).read_text())
     spec = ModelTierSpec.model_validate(doc["spec"])
     if len(spec.tiers) < 2:
         sys.exit("plan needs at least two tiers")
-    costs = tier_costs(spec)
+    if args.prompt_tokens < 0 or args.completion_tokens < 0:
+        parser.error("--prompt-tokens and --completion-tokens must be >= 0")
     names = [t.name for t in spec.tiers]
-    print(f"tiers: {', '.join(f'{n} ({c:g}/h)' for n, c in zip(names, costs, strict=True))}")
+    costs = request_costs(spec, args.prompt_tokens, args.completion_tokens)
+    if any(t.price is not None for t in spec.tiers):
+        size = f"{args.prompt_tokens} prompt + {args.completion_tokens} completion tokens"
+        listed = ", ".join(f"{n} {c:.4g}" for n, c in zip(names, costs, strict=True))
+        print(f"per request of {size}: {listed}")
+    else:
+        hourly = ", ".join(f"{n} ({c:g}/h)" for n, c in zip(names, costs, strict=True))
+        print(f"tiers: {hourly}")
     print(f"top tier is {costs[-1] / costs[0]:.1f}x the cost of the first")
     prices = ", ".join(
         f"{n} {p.prompt_per_million:.4g}/{p.completion_per_million:.4g}"

@@ -295,7 +295,7 @@ def wait_reconciled(kubectl: Run, name: str, ns: str, timeout: float = 60) -> di
 
 
 def delete_modeltiers(kubectl: Run, ns: str) -> None:
-    kubectl("delete", "modeltiers", "--all", "-n", ns, "--wait=true", "--timeout=60s", timeout=90)
+    kubectl("delete", "modeltiers", "--all", "-n", ns, "--wait=true", "--timeout=30s", timeout=60)
 
 
 def remove_unused_crd(kubectl: Run, name: str) -> bool:
@@ -310,7 +310,7 @@ def remove_unused_crd(kubectl: Run, name: str) -> bool:
     objects = get(kubectl, name, "-A")
     if objects is None or objects["items"]:
         return False
-    kubectl("delete", "crd", name, "--wait=true", "--timeout=60s", timeout=90)
+    kubectl("delete", "crd", name, "--wait=true", "--timeout=30s", timeout=60)
     return True
 
 

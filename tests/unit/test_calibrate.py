@@ -163,10 +163,16 @@ def test_split_is_deterministic_and_ignores_row_order() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("prompt,weak_correct,strong_correct\nhi,maybe,true\n", r"prompts\.csv:2: expected a bool"),
+        (
+            "prompt,weak_correct,strong_correct\nhi,maybe,true\n",
+            r"prompts\.csv:2: expected 0/1 or true/false",
+        ),
         ("prompt,weak\nhi,true\n", r"prompts\.csv:2: no column strong_correct"),
         ("prompt,weak_correct,strong_correct\n", r"no labelled prompts"),
-        ('prompt,weak_correct,strong_correct\n"hi,true,true\n', r"no column|expected a bool"),
+        (
+            'prompt,weak_correct,strong_correct\n"hi,true,true\n',
+            r"no column|expected 0/1 or true/false",
+        ),
         ("\x00\xff garbage", r"prompts\.csv"),
     ],
 )

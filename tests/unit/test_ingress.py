@@ -616,7 +616,7 @@ async def test_shadow_samples_lower_tier_answers_off_the_request_path() -> None:
     assert info(await s.post())[0] == "small"
     await s.ingress.engine.drain()
     assert s.metric("tierserve_shadow_evaluations", tier="small", agreed="true") == 1
-    s.ingress.engine.sample = lambda: 0.7  # above the rate: not sampled
+    s.ingress.engine.shadows.sample = lambda: 0.7  # above the rate: not sampled
     await s.post()
     await s.ingress.engine.drain()
     assert s.metric("tierserve_shadow_evaluations") == 1

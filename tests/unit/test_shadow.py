@@ -46,6 +46,13 @@ def test_the_gate_bounds_concurrency_and_the_hourly_budget() -> None:
     assert gate.admit(limits, 1200.0) is None  # a third of an hour refills one
 
 
+def test_under_load_the_gate_drops_shadows_first_without_spending_the_budget() -> None:
+    gate, limits = ShadowGate(), Shadow(max_concurrent=1, max_per_hour=1, max_user_in_flight=2)
+    assert gate.admit(limits, 0.0, users=3) == "load"
+    assert gate.in_flight == 0
+    assert gate.admit(limits, 0.0, users=2) is None  # the hour's one, not spent by the drop
+
+
 def judged(verdicts: list[str]) -> FakeTier:
     """The top tier: answers users' sums with '46', and judge prompts with the next verdict."""
     replies = iter(verdicts)
@@ -144,7 +151,27 @@ async def test_at_most_max_concurrent_shadows_run_the_rest_are_dropped() -> None
     assert len(large.requests) == 1
     assert s.metric("tierserve_shadow_in_flight", tier="small") == 1
     assert s.metric("tierserve_shadow_dropped", tier="small", reason="concurrency") == 9
-    for task in list(s.ingress.engine.shadow_tasks):
+    for task in list(s.ingress.engine.shadows.tasks):
         task.cancel()
-    await asyncio.gather(*s.ingress.engine.shadow_tasks, return_exceptions=True)
+    await asyncio.gather(*s.ingress.engine.shadows.tasks, return_exceptions=True)
     assert s.metric("tierserve_shadow_in_flight", tier="small") == 0
+
+
+@aio
+async def test_shadows_wait_for_a_lull_in_user_traffic() -> None:
+    """maxUserInFlight 0: an answer kept while another user's request is still streaming is
+    not shadowed (reason load); the last one, kept with nothing else in flight, is."""
+    large = FakeTier("large", Reply(text="45"))
+    small = FakeTier("small", Reply(text="45", delay=0.3), Reply(text="45"))
+    s = stack(small, large, shadow={"sampleRate": 1.0, "maxUserInFlight": 0})
+    slow = asyncio.create_task(s.post(stream=True))
+    while not small.requests:
+        await asyncio.sleep(0.01)
+    assert (await s.post(stream=True)).status_code == 200  # answered while `slow` streams
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_dropped", tier="small", reason="load") == 1
+    assert large.requests == []
+    assert (await slow).status_code == 200
+    await s.ingress.engine.drain()
+    assert len(large.requests) == 1
+    assert s.metric("tierserve_shadow_verdicts", verdict="tie") == 1

@@ -8,10 +8,12 @@ admission, naming the field, before the operator ever sees it.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -120,6 +122,543 @@ class TokenPrice(_Model):
     )
 
 
+# --- The shape of the Ray pods (kuberay backend) --------------------------------------------
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes' resource.Quantity, unsigned: 4, 500m, 1.5, 64Gi, 1e9. Written as strings.
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+GPU_RESOURCE = "nvidia.com/gpu"
+MODEL_CACHE_VOLUME = "model-cache"
+HF_HOME = "HF_HOME"
+HF_TOKEN = "HF_TOKEN"
+MAX_POD_ITEMS = 32
+# Volume sources a Pod's volume may name (core/v1 Volume, one per volume).
+VOLUME_SOURCES = frozenset(
+    {
+        "awsElasticBlockStore",
+        "azureDisk",
+        "azureFile",
+        "cephfs",
+        "cinder",
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "fc",
+        "flexVolume",
+        "flocker",
+        "gcePersistentDisk",
+        "gitRepo",
+        "glusterfs",
+        "hostPath",
+        "image",
+        "iscsi",
+        "nfs",
+        "persistentVolumeClaim",
+        "photonPersistentDisk",
+        "portworxVolume",
+        "projected",
+        "quobyte",
+        "rbd",
+        "scaleIO",
+        "secret",
+        "storageos",
+        "vsphereVolume",
+    }
+)
+
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+Quantity = Annotated[str, Field(min_length=1, max_length=64, pattern=QUANTITY)]
+_RESOURCE_NAME_CEL = (
+    "k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/')"
+)
+_SUFFIXES = {"n": "1e-9", "u": "1e-6", "m": "1e-3", "": "1", "k": "1e3", "M": "1e6", "G": "1e9"}
+_SUFFIXES |= {"T": "1e12", "P": "1e15", "E": "1e18"}
+_SUFFIXES |= {s + "i": str(1024**p) for p, s in enumerate("KMGTPE", start=1)}
+
+
+def quantity(text: str) -> Decimal:
+    """A Kubernetes quantity's value, so requests and limits written differently compare."""
+    match = re.fullmatch(r"([0-9.]+)(.*)", text)
+    if match is None:
+        raise ValueError(f"not a quantity: {text!r}")
+    number, suffix = match.groups()
+    if suffix in _SUFFIXES:  # E alone is exa, Ei exbi; otherwise e/E starts an exponent
+        return Decimal(number) * Decimal(_SUFFIXES[suffix])
+    return Decimal(number + suffix)
+
+
+def _resource_name_ok(name: str) -> bool:
+    return (
+        name in ("cpu", "memory", "ephemeral-storage")
+        or name.startswith("hugepages-")
+        or ("/" in name)
+    )
+
+
+def _gpu_cel(resources: str, allowed: str | None) -> str:
+    """CEL: the Resources at `resources` name nvidia.com/gpu only as `allowed` (None: never)."""
+
+    def side(name: str) -> str:
+        has_gpu = f"'{GPU_RESOURCE}' in {resources}.{name}"
+        ok = (
+            f"!({has_gpu})"
+            if allowed is None
+            else f"(!({has_gpu}) || {resources}.{name}['{GPU_RESOURCE}'] == {allowed})"
+        )
+        return f"(!has({resources}.{name}) || {ok})"
+
+    return f"{side('requests')} && {side('limits')}"
+
+
+def _every_pod(condition: str) -> str:
+    """CEL, at spec: `condition` holds with `$p` as spec.ray.head and as every tier's pod.
+
+    Spelled out per pod rather than bound with `[pod].all(p, ...)`: the API server cannot bound
+    the cost of a list literal, and refuses the CRD."""
+    head = condition.replace("$p", "self.ray.head")
+    tier = condition.replace("$p", "t.pod")
+    return f"((!has(self.ray.head) || {head}) && self.tiers.all(t, !has(t.pod) || {tier}))"
+
+
+class Resources(_Model):
+    """Requests and limits on top of the ones tierserve derives; a resource given on one side only
+    is set on both (tierserve's pods are Guaranteed: requests equal limits)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"(!has(self.requests) || self.requests.all(k, {_RESOURCE_NAME_CEL})) && "
+                    f"(!has(self.limits) || self.limits.all(k, {_RESOURCE_NAME_CEL}))",
+                    "resource names are cpu, memory, ephemeral-storage, hugepages-<size> or a "
+                    "domain-qualified extended resource such as nvidia.com/gpu",
+                )
+            ]
+        }
+    )
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "Resource requests, e.g. {cpu: '8', memory: 64Gi}: Kubernetes quantities, as "
+            "strings ('8', '500m', '64Gi'). Override "
+            "tierserve's (worker: cpusPerReplica x GPUs CPUs, 8Gi per GPU; head: 2 CPUs, 8Gi); "
+            "nvidia.com/gpu is derived from gpusPerReplica and may only repeat it."
+        ),
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Resource limits, as requests."
+    )
+
+    @model_validator(mode="after")
+    def _names_and_order(self) -> Resources:
+        for side, values in (("requests", self.requests), ("limits", self.limits)):
+            for name in values:
+                if not _resource_name_ok(name):
+                    raise ValueError(
+                        f"{side}.{name}: not a resource name (cpu, memory, ephemeral-storage, "
+                        "hugepages-<size>, or domain-qualified such as nvidia.com/gpu)"
+                    )
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and quantity(request) > quantity(limit):
+                raise ValueError(f"requests.{name}: {request} is more than limits.{name} {limit}")
+        return self
+
+    def gpu_conflict(self, gpus: int) -> str | None:
+        """The field that asks for a GPU count other than `gpus`, if any."""
+        for side, values in (("requests", self.requests), ("limits", self.limits)):
+            if GPU_RESOURCE in values and values[GPU_RESOURCE] != str(gpus):
+                return f"resources.{side}['{GPU_RESOURCE}']"
+        return None
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(_Model):
+    """A core/v1 Toleration: lets the pods onto nodes with a matching taint (e.g. GPU pools)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.operator != 'Exists' || !has(self.value)",
+                    "tolerations[].value must be empty when operator is Exists",
+                    ".value",
+                ),
+                cel(
+                    "self.operator == 'Exists' || has(self.key)",
+                    "tolerations[].key is required unless operator is Exists",
+                    ".key",
+                ),
+                cel(
+                    "!has(self.tolerationSeconds) || "
+                    "(has(self.effect) && self.effect == 'NoExecute')",
+                    "tolerations[].tolerationSeconds needs effect NoExecute",
+                    ".tolerationSeconds",
+                ),
+            ]
+        }
+    )
+
+    key: str | None = Field(
+        default=None, min_length=1, max_length=316, description="Taint key, e.g. nvidia.com/gpu."
+    )
+    operator: TolerationOperator = Field(
+        default=TolerationOperator.EQUAL,
+        description="Equal: the taint's value must be value; Exists: any value (leave value out).",
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    effect: TaintEffect | None = Field(
+        default=None, description="Taint effect to tolerate; unset: all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="NoExecute only: how long the pod stays once tainted."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == TolerationOperator.EXISTS and self.value is not None:
+            raise ValueError("value: must be empty when operator is Exists")
+        if self.operator != TolerationOperator.EXISTS and self.key is None:
+            raise ValueError("key: required unless operator is Exists")
+        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
+            raise ValueError("tolerationSeconds: needs effect NoExecute")
+        return self
+
+
+class KeyRef(_Model):
+    name: Name = Field(
+        description="The Secret's or ConfigMap's name, in the ModelTier's namespace."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within it."
+    )
+    optional: bool | None = Field(default=None, description="Start the pod even if it is missing.")
+
+
+class FieldRef(_Model):
+    field_path: str = Field(
+        min_length=1, max_length=256, description="A pod field, e.g. status.podIP, spec.nodeName."
+    )
+
+
+class EnvVarSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + "
+                    "(has(self.fieldRef) ? 1 : 0) == 1",
+                    "env[].valueFrom needs exactly one of secretKeyRef, configMapKeyRef, fieldRef",
+                )
+            ]
+        }
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: FieldRef | None = Field(default=None, description="A field of the pod.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (
+            sum(
+                x is not None
+                for x in (self.secret_key_ref, self.config_map_key_ref, self.field_ref)
+            )
+            != 1
+        ):
+            raise ValueError("needs exactly one of secretKeyRef, configMapKeyRef, fieldRef")
+        return self
+
+
+class EnvVar(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.value) && has(self.valueFrom))",
+                    "env[]: value and valueFrom are exclusive",
+                    ".valueFrom",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(max_length=256, pattern=ENV_NAME, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="A literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Or the value from a Secret, a ConfigMap or the pod."
+    )
+
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("value and valueFrom are exclusive")
+        return self
+
+
+class LocalRef(_Model):
+    name: Name = Field(
+        description="The Secret's or ConfigMap's name, in the ModelTier's namespace."
+    )
+    optional: bool | None = Field(default=None, description="Start the pod even if it is missing.")
+
+
+class EnvFromSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.secretRef) != has(self.configMapRef)",
+                    "envFrom[] needs exactly one of secretRef and configMapRef",
+                )
+            ]
+        }
+    )
+
+    prefix: str | None = Field(
+        default=None, max_length=256, pattern=ENV_NAME, description="Prepended to every key."
+    )
+    secret_ref: LocalRef | None = Field(default=None, description="Every key of a Secret.")
+    config_map_ref: LocalRef | None = Field(default=None, description="Every key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("needs exactly one of secretRef and configMapRef")
+        return self
+
+
+class Volume(_Model):
+    """A core/v1 Volume: its name and one volume source (persistentVolumeClaim, emptyDir,
+    secret, configMap, csi, ...), passed through to the pod unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        max_length=63,
+        pattern=DNS_LABEL,
+        description=f"Volume name, unique in the pod; `{MODEL_CACHE_VOLUME}` is tierserve's.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = sorted(self.model_extra or {})
+        if len(sources) != 1 or sources[0] not in VOLUME_SOURCES:
+            raise ValueError(
+                f"volume {self.name!r} needs exactly one volume source (e.g. "
+                f"persistentVolumeClaim, emptyDir, secret), got {sources or 'none'}"
+            )
+        if not isinstance((self.model_extra or {})[sources[0]], dict):
+            raise ValueError(f"volume {self.name!r}: {sources[0]} must be an object")
+        return self
+
+
+class VolumeMount(_Model):
+    name: str = Field(
+        max_length=63,
+        pattern=DNS_LABEL,
+        description=f"One of the pod's volumes, or `{MODEL_CACHE_VOLUME}` (spec.ray.modelCache).",
+    )
+    mount_path: str = Field(
+        min_length=2, max_length=1024, pattern=r"^/", description="Where, in the Ray container."
+    )
+    sub_path: str | None = Field(default=None, max_length=1024, description="A path in the volume.")
+    read_only: bool | None = Field(default=None, description="Mount it read-only.")
+
+
+def _list_map(key: str) -> JsonDict:
+    """A list the API server keeps unique by `key` (and merges by it on server-side apply)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+class RayPod(_Model):
+    """What users shape in a Ray pod; tierserve's own container, resources, env and volumes stay,
+    these are added on top (collisions are refused, never overwritten)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"!has(self.volumes) || self.volumes.all(v, v.name != '{MODEL_CACHE_VOLUME}')",
+                    f"volumes[].name {MODEL_CACHE_VOLUME} is reserved for spec.ray.modelCache",
+                    ".volumes",
+                ),
+                cel(
+                    f"!has(self.volumeMounts) || self.volumeMounts.all(m, m.name == "
+                    f"'{MODEL_CACHE_VOLUME}' || (has(self.volumes) && "
+                    "self.volumes.exists(v, v.name == m.name)))",
+                    "volumeMounts[].name must name one of volumes[] "
+                    f"(or {MODEL_CACHE_VOLUME}, spec.ray.modelCache's volume)",
+                    ".volumeMounts",
+                ),
+                cel(
+                    "!has(self.labels) || self.labels.all(k, !k.startsWith('ray.io/'))",
+                    "labels under ray.io/ are KubeRay's",
+                    ".labels",
+                ),
+            ]
+        }
+    )
+
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ITEMS,
+        description="Node labels the pods must land on, e.g. a GPU node pool's.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_POD_ITEMS,
+        description="Taints the pods tolerate, e.g. nvidia.com/gpu on GPU nodes.",
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A core/v1 Affinity (nodeAffinity, podAffinity, podAntiAffinity), unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: Name | None = Field(default=None, description="The pods' PriorityClass.")
+    service_account_name: Name | None = Field(
+        default=None, description="ServiceAccount the pods run as (a DNS-1123 subdomain)."
+    )
+    image_pull_secrets: list[Name] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Names of docker-registry Secrets for a private spec.ray.image.",
+    )
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=MAX_POD_ITEMS, description="Extra pod labels."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_POD_ITEMS, description="Extra pod annotations."
+    )
+    resources: Resources | None = Field(
+        default=None, description="The Ray container's requests and limits, over tierserve's."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Environment of the Ray container (every Ray process in the pod), after tierserve's "
+            f"({HF_HOME}, {HF_TOKEN}); a tier's env is per replica, this is per pod."
+        ),
+        json_schema_extra=_list_map("name"),
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets and ConfigMaps whose every key becomes a variable.",
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=MAX_POD_ITEMS,
+        description="Extra volumes of the pod, after tierserve's (the model cache).",
+        json_schema_extra=_list_map("name"),
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=MAX_POD_ITEMS,
+        description="Where the Ray container mounts volumes (these or the model cache).",
+        json_schema_extra=_list_map("mountPath"),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RayPod:
+        for field, names in (
+            ("volumes", [v.name for v in self.volumes]),
+            ("env", [e.name for e in self.env]),
+            ("volumeMounts", [m.mount_path for m in self.volume_mounts]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{field}: {', '.join(dupes)} given more than once")
+        volumes = {v.name for v in self.volumes}
+        if MODEL_CACHE_VOLUME in volumes:
+            raise ValueError(
+                f"volumes: {MODEL_CACHE_VOLUME} is reserved for spec.ray.modelCache's volume"
+            )
+        for i, mount in enumerate(self.volume_mounts):
+            if mount.name not in volumes | {MODEL_CACHE_VOLUME}:
+                raise ValueError(
+                    f"volumeMounts[{i}].name: {mount.name!r} is neither one of volumes[] nor "
+                    f"{MODEL_CACHE_VOLUME} (spec.ray.modelCache)"
+                )
+        for key in self.labels:
+            if key.startswith("ray.io/"):
+                raise ValueError(f"labels: {key} is KubeRay's (ray.io/ labels are reserved)")
+        return self
+
+
+class ModelCache(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.claimName) != has(self.hostPath)",
+                    "modelCache needs exactly one of claimName and hostPath",
+                    ".claimName",
+                )
+            ]
+        }
+    )
+
+    claim_name: Name | None = Field(
+        default=None,
+        description=(
+            "A PersistentVolumeClaim in the ModelTier's namespace; ReadWriteMany (or "
+            "ReadOnlyMany, pre-filled, with readOnly) when pods span nodes."
+        ),
+    )
+    host_path: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        pattern=r"^/",
+        description="Or a directory on each node (created if missing), e.g. a local NVMe.",
+    )
+    mount_path: str = Field(
+        default="/models",
+        min_length=2,
+        max_length=1024,
+        pattern=r"^/",
+        description=f"Where every Ray container mounts it; {HF_HOME} points here.",
+    )
+    read_only: bool = Field(
+        default=False, description="Mount read-only: weights are pre-loaded, nothing downloads."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelCache:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise ValueError("needs exactly one of claimName and hostPath")
+        return self
+
+
+class SecretKey(_Model):
+    name: Name = Field(description="The Secret, in the ModelTier's namespace.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The key holding the token.",
+    )
+
+
 class Tier(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -131,7 +670,14 @@ class Tier(_Model):
                     "gpusPerReplica must equal tensorParallelSize x pipelineParallelSize "
                     "(or be 0 with both sizes 1 for a CPU tier)",
                     ".gpusPerReplica",
-                )
+                ),
+                cel(
+                    "!has(self.pod) || !has(self.pod.resources) || "
+                    + _gpu_cel("self.pod.resources", "string(self.gpusPerReplica)"),
+                    f"pod.resources may name {GPU_RESOURCE} only as gpusPerReplica, from which "
+                    "tierserve derives it",
+                    ".pod.resources",
+                ),
             ]
         }
     )
@@ -194,6 +740,29 @@ class Tier(_Model):
         default_factory=dict,
         description="Environment variables of the replicas (e.g. VLLM_CPU_KVCACHE_SPACE).",
     )
+    pod: RayPod | None = Field(
+        default=None,
+        description=(
+            "kuberay backend: the shape of the pods of the worker group this tier renders to "
+            "(node selector, tolerations, volumes, env, resources, ...). Tiers with the same "
+            "gpusPerReplica and acceleratorType share a worker group, so their pods must be "
+            "equal; give a tier its own acceleratorType to shape its pods apart."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _gpus_stay_derived(self) -> Tier:
+        conflict = (
+            self.pod
+            and self.pod.resources
+            and self.pod.resources.gpu_conflict(self.gpus_per_replica)
+        )
+        if conflict:
+            raise ValueError(
+                f"pod.{conflict}: tierserve derives {GPU_RESOURCE} from gpusPerReplica "
+                f"({self.gpus_per_replica}); drop it or set it to {self.gpus_per_replica}"
+            )
+        return self
 
 
 class RoutingMode(StrEnum):
@@ -516,6 +1085,16 @@ class Shadow(_Model):
         le=10_000_000,
         description="Most shadow evaluations per router replica per hour. Unset: no budget.",
     )
+    max_user_in_flight: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description=(
+            "Shadow evaluations start only while the router replica is working on at most "
+            "this many user requests; beyond it samples are dropped (reason `load`), so under "
+            "load shadow traffic goes first. Unset: no load bound (maxConcurrent still holds)."
+        ),
+    )
     judge: ShadowJudge = Field(
         default=ShadowJudge.EXACT_MATCH,
         description=(
@@ -634,6 +1213,12 @@ class RayConfig(_Model):
                     "dashboardURL is required when backend is external",
                     ".dashboardURL",
                 ),
+                cel(
+                    "!has(self.head) || !has(self.head.resources) || "
+                    + _gpu_cel("self.head.resources", None),
+                    f"head.resources may not name {GPU_RESOURCE}: the head runs no replicas",
+                    ".head.resources",
+                ),
             ]
         }
     )
@@ -658,6 +1243,45 @@ class RayConfig(_Model):
     route_prefix: str = Field(
         default="/", pattern=r"^/", description="HTTP route prefix of the Serve application."
     )
+    head: RayPod | None = Field(
+        default=None,
+        description=(
+            "kuberay backend: the Ray head pod's size and shape. Its resources override "
+            "tierserve's 2 CPUs and 8Gi (the head runs the GCS, the dashboard, the Serve "
+            "controller and the router, never a tier replica, so no GPUs)."
+        ),
+    )
+    model_cache: ModelCache | None = Field(
+        default=None,
+        description=(
+            f"kuberay backend: a volume for model weights, mounted as `{MODEL_CACHE_VOLUME}` "
+            f"into every Ray container at mountPath with {HF_HOME} pointing at it, so vLLM "
+            "downloads each model once instead of once per pod start."
+        ),
+    )
+    hub_token_secret: SecretKey | None = Field(
+        default=None,
+        description=(
+            f"kuberay backend: a Secret key holding a Hugging Face token (gated weights), "
+            f"given to every Ray container as {HF_TOKEN} (valueFrom secretKeyRef)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _head_has_no_gpus(self) -> RayConfig:
+        if self.head and self.head.resources:
+            conflict = self.head.resources.gpu_conflict(0)
+            if conflict or GPU_RESOURCE in self.head.resources.requests:
+                side = conflict or f"resources.requests['{GPU_RESOURCE}']"
+                raise ValueError(f"head.{side}: the head runs no replicas, so no GPUs")
+        return self
+
+    def pods(self, tiers: list[Tier]) -> list[tuple[str, RayPod]]:
+        """Every pod section of a spec with the path users wrote it at, head first."""
+        found = [("ray.head", self.head)] + [
+            (f"tiers[{i}].pod", t.pod) for i, t in enumerate(tiers)
+        ]
+        return [(path, pod) for path, pod in found if pod is not None]
 
 
 class ModelTierSpec(_Model):
@@ -680,6 +1304,37 @@ class ModelTierSpec(_Model):
                     "routing.shadow.judgeTier must name a tier in spec.tiers",
                     ".routing.shadow.judgeTier",
                 ),
+                cel(
+                    "has(self.ray.modelCache) || "
+                    + _every_pod(
+                        "!has($p.volumeMounts) || "
+                        f"$p.volumeMounts.all(m, m.name != '{MODEL_CACHE_VOLUME}')"
+                    ),
+                    f"a volumeMount names {MODEL_CACHE_VOLUME} but spec.ray.modelCache is unset",
+                    ".ray",
+                ),
+                cel(
+                    "!has(self.ray.modelCache) || "
+                    + _every_pod(
+                        "!has($p.volumeMounts) || "
+                        "$p.volumeMounts.all(m, m.mountPath != self.ray.modelCache.mountPath)"
+                    ),
+                    "volumeMounts[].mountPath may not be spec.ray.modelCache.mountPath, where "
+                    "tierserve mounts the model cache",
+                    ".ray.modelCache.mountPath",
+                ),
+                cel(
+                    "!has(self.ray.modelCache) || "
+                    + _every_pod(f"!has($p.env) || $p.env.all(e, e.name != '{HF_HOME}')"),
+                    f"env[].name {HF_HOME} is set by spec.ray.modelCache",
+                    ".ray.modelCache",
+                ),
+                cel(
+                    "!has(self.ray.hubTokenSecret) || "
+                    + _every_pod(f"!has($p.env) || $p.env.all(e, e.name != '{HF_TOKEN}')"),
+                    f"env[].name {HF_TOKEN} is set by spec.ray.hubTokenSecret",
+                    ".ray.hubTokenSecret",
+                ),
             ]
         }
     )
@@ -689,6 +1344,40 @@ class ModelTierSpec(_Model):
     )
     routing: Routing = Field(default_factory=Routing, description="The router in front of them.")
     ray: RayConfig = Field(description="Where the tiers run.")
+
+    @model_validator(mode="after")
+    def _pods_fit_what_tierserve_renders(self) -> ModelTierSpec:
+        cache, token = self.ray.model_cache, self.ray.hub_token_secret
+        rendered_env = {HF_HOME: cache, HF_TOKEN: token}
+        for path, pod in self.ray.pods(self.tiers):
+            for i, mount in enumerate(pod.volume_mounts):
+                if mount.name == MODEL_CACHE_VOLUME and cache is None:
+                    raise ValueError(
+                        f"{path}.volumeMounts[{i}].name: {MODEL_CACHE_VOLUME} needs "
+                        "spec.ray.modelCache"
+                    )
+                if cache is not None and mount.mount_path == cache.mount_path:
+                    raise ValueError(
+                        f"{path}.volumeMounts[{i}].mountPath: {mount.mount_path} is where "
+                        "spec.ray.modelCache is mounted"
+                    )
+            for i, var in enumerate(pod.env):
+                if rendered_env.get(var.name) is not None:
+                    source = "modelCache" if var.name == HF_HOME else "hubTokenSecret"
+                    raise ValueError(
+                        f"{path}.env[{i}].name: {var.name} is set by spec.ray.{source}"
+                    )
+        groups: dict[tuple[int, str], Tier] = {}
+        for i, tier in enumerate(self.tiers):
+            first = groups.setdefault((tier.gpus_per_replica, tier.accelerator_type or ""), tier)
+            if first.pod != tier.pod:
+                raise ValueError(
+                    f"tiers[{i}].pod: differs from tier {first.name}'s, and both render to one "
+                    "worker group (same gpusPerReplica and acceleratorType), where Ray may place "
+                    "either tier's replicas: make the pods equal, or give the tiers different "
+                    "acceleratorTypes"
+                )
+        return self
 
 
 class ConditionType(StrEnum):

@@ -9,13 +9,27 @@ lives in the router's `user_config`, which Serve applies in place: no replica re
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tierserve.api.v1alpha1 import GROUP, KIND, VERSION, ModelTier, ModelTierSpec, Tier
+from tierserve.api.v1alpha1 import (
+    GROUP,
+    HF_HOME,
+    HF_TOKEN,
+    KIND,
+    MODEL_CACHE_VOLUME,
+    VERSION,
+    ModelCache,
+    ModelTier,
+    ModelTierSpec,
+    RayConfig,
+    RayPod,
+    Tier,
+)
 from tierserve.cost import tier_prices
 from tierserve.names import (
     APP_IMPORT_PATH,
@@ -147,12 +161,84 @@ def _container(name: str, image: str, resources: dict[str, str]) -> dict[str, An
     return {
         "name": name,
         "image": image,
-        "resources": {"requests": resources, "limits": resources},
+        "resources": {"requests": resources, "limits": dict(resources)},
     }
 
 
+def _resources(derived: dict[str, str], pod: RayPod | None) -> dict[str, dict[str, str]]:
+    """tierserve's requests = limits, with the user's on top; a resource the user gives on one
+    side only is set on both, so requests never exceed limits and the pod stays Guaranteed."""
+    requests, limits = dict(derived), dict(derived)
+    user = pod.resources if pod else None
+    if user:
+        for name in [*user.requests, *(k for k in user.limits if k not in user.requests)]:
+            requests[name] = user.requests.get(name) or user.limits[name]
+            limits[name] = user.limits.get(name) or user.requests[name]
+    return {"requests": requests, "limits": limits}
+
+
+def _dump(items: list[Any]) -> list[dict[str, Any]]:
+    return [i.model_dump(by_alias=True, mode="json", exclude_none=True) for i in items]
+
+
+def _model_cache(cache: ModelCache) -> tuple[dict[str, Any], dict[str, Any]]:
+    """spec.ray.modelCache as the pod's volume and the container's mount."""
+    if cache.claim_name:
+        claim: dict[str, Any] = {"claimName": cache.claim_name}
+        source: dict[str, Any] = {"persistentVolumeClaim": claim}
+        if cache.read_only:
+            claim["readOnly"] = True
+    else:
+        source = {"hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    mount: dict[str, Any] = {"name": MODEL_CACHE_VOLUME, "mountPath": cache.mount_path}
+    if cache.read_only:
+        mount["readOnly"] = True
+    return {"name": MODEL_CACHE_VOLUME, **source}, mount
+
+
+def pod_template(container: dict[str, Any], ray: RayConfig, pod: RayPod | None) -> dict[str, Any]:
+    """A Ray pod template: tierserve's container (completed in place), the model cache and hub
+    token every Ray pod gets, then the user's pod section on top. Validation has refused any
+    collision, so nothing here overwrites; empty fields are left out."""
+    env: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    if ray.model_cache:
+        volume, mount = _model_cache(ray.model_cache)
+        env.append({"name": HF_HOME, "value": ray.model_cache.mount_path})
+        volumes.append(volume)
+        mounts.append(mount)
+    if ray.hub_token_secret:
+        ref = ray.hub_token_secret.model_dump(mode="json")
+        env.append({"name": HF_TOKEN, "valueFrom": {"secretKeyRef": ref}})
+    spec: dict[str, Any] = {"containers": [container]}
+    metadata: dict[str, Any] = {}
+    if pod:
+        container["resources"] = _resources(container["resources"]["requests"], pod)
+        env += _dump(pod.env)
+        container["envFrom"] = _dump(pod.env_from)
+        mounts += _dump(pod.volume_mounts)
+        volumes += _dump(pod.volumes)
+        metadata = {"labels": dict(pod.labels), "annotations": dict(pod.annotations)}
+        spec |= {
+            "nodeSelector": dict(pod.node_selector),
+            "tolerations": _dump(pod.tolerations),
+            "affinity": copy.deepcopy(pod.affinity),
+            "serviceAccountName": pod.service_account_name,
+            "priorityClassName": pod.priority_class_name,
+            "imagePullSecrets": [{"name": n} for n in pod.image_pull_secrets],
+        }
+    container |= {"env": env, "volumeMounts": mounts}
+    spec["volumes"] = volumes
+    for obj in (container, spec, metadata):
+        for key in [k for k, v in obj.items() if v in (None, [], {})]:
+            del obj[key]
+    return {"metadata": metadata, "spec": spec} if metadata else {"spec": spec}
+
+
 def worker_groups(spec: ModelTierSpec, image: str) -> list[dict[str, Any]]:
-    """One Ray worker group per replica shape (GPUs, accelerator); one pod per tier replica."""
+    """One Ray worker group per replica shape (GPUs, accelerator); one pod per tier replica.
+    Tiers sharing a group have equal pod sections (validation refuses otherwise)."""
     shapes: dict[tuple[int, str], list[Tier]] = defaultdict(list)
     for tier in spec.tiers:
         shapes[(tier.gpus_per_replica, tier.accelerator_type or "")].append(tier)
@@ -165,7 +251,7 @@ def worker_groups(spec: ModelTierSpec, image: str) -> list[dict[str, Any]]:
         group_name = f"gpu{gpus}" if gpus else "cpu"
         if accel:
             group_name += f"-{accel.lower()}"
-        pod_spec: dict[str, Any] = {"containers": [_container("ray-worker", image, resources)]}
+        container = _container("ray-worker", image, resources)
         groups.append(
             {
                 "groupName": group_name,
@@ -173,7 +259,7 @@ def worker_groups(spec: ModelTierSpec, image: str) -> list[dict[str, Any]]:
                 "minReplicas": sum(t.replicas.min for t in tiers),
                 "maxReplicas": sum(t.replicas.max for t in tiers),
                 "rayStartParams": {},
-                "template": {"spec": pod_spec},
+                "template": pod_template(container, spec.ray, tiers[0].pod),
             }
         )
     return groups
@@ -218,7 +304,7 @@ def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, A
                 "headGroupSpec": {
                     # The head schedules no replicas: GPUs stay for the tiers.
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"spec": {"containers": [head]}},
+                    "template": pod_template(head, mt.spec.ray, mt.spec.ray.head),
                 },
                 "workerGroupSpecs": worker_groups(mt.spec, image),
             },

@@ -36,6 +36,8 @@ RESYNC_SECONDS = float(os.environ.get("TIERSERVE_RESYNC_SECONDS", "30"))
 # due every RECHECK_SECONDS as a reconcile (or a new interval in the spec) may move it.
 TIMER_FLOOR_SECONDS = 0.5
 RECHECK_SECONDS = 1.0
+STOP_WAIT_SECONDS = 0.2
+STOP_POLL_SECONDS = 2.0
 logger = logging.getLogger("tierserve.controller")
 
 
@@ -63,6 +65,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # A ModelTier's deletion waits for its resync timer to stop. The timer returns within a
+    # second of being told (it waits on `stopped`), but when that takes more than Kopf's few
+    # zero-time loop cycles, Kopf re-checks only after `cancellation_polling`, 60 s by default:
+    # `kubectl delete` then hung for a minute. Wait a little for the exit, re-check often.
+    settings.background.instant_exit_timeout = STOP_WAIT_SECONDS
+    settings.background.cancellation_polling = STOP_POLL_SECONDS
     try:
         config.load_incluster_config()
     except config.ConfigException:

@@ -226,7 +226,7 @@ def modelled_cost_factor(mt: ModelTier, escalation_rate: float | None) -> float 
     """All-top-tier cost / modelled cost at the realized escalation rate (two-rung view)."""
     if escalation_rate is None or len(mt.spec.tiers) < 2:
         return None
-    costs = cost.tier_costs(mt.spec)
+    costs = cost.request_costs(mt.spec)
     shares = cost.kept_small_shares(len(costs), 1.0 - min(max(escalation_rate, 0.0), 1.0))
     cascading = mt.spec.routing.mode in (RoutingMode.CASCADE, RoutingMode.HYBRID)
     return round(cost.reduction(costs, shares, "cascade" if cascading else "upfront"), 3)

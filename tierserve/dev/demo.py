@@ -390,7 +390,7 @@ def summary(kubectl: Kubectl, mt: ModelTier, tally: dict[str, Any]) -> None:
     metrics = find_condition(status, "MetricsAvailable")
     say(f"    MetricsAvailable={metrics.get('status', '?')}: {metrics.get('message', '')}")
     share = tally["served"].get(mt.spec.tiers[-1].name, 0) / n
-    planned = cost.reduction(cost.tier_costs(mt.spec), [1 - share, share], "cascade")
+    planned = cost.reduction(cost.request_costs(mt.spec), [1 - share, share], "cascade")
     say(
         f"    modelled cost (`tierserve plan` at {share:.0%} escalated): {planned:.2f}x cheaper "
         "than sending everything to 'large'"

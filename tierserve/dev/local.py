@@ -76,7 +76,7 @@ def _summary(app: TieredApp, heldout: Path, n: int = 40) -> None:
         served[tier] = served.get(tier, 0) + 1
         correct += body["choices"][0]["text"].strip() == example["answer"]
     share = served.get("large", 0) / n
-    costs = cost.tier_costs(app.mt.spec)
+    costs = cost.request_costs(app.mt.spec)
     reduction = cost.reduction(costs, [1 - share, share], "cascade")
     _say(f"    served: {served}; escalated {share:.0%}; accuracy {correct / n:.0%}")
     _say(f"    live threshold: {app.mt.spec.routing.escalation.threshold}")

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from tierserve.api.v1alpha1 import CascadeScore, ConfidenceMetric, ShadowJudge
+from tierserve.api.v1alpha1 import CascadeScore, ConfidenceMetric
 from tierserve.serving import ledger, routing
 from tierserve.serving.config import IngressConfig
 from tierserve.serving.errors import (
@@ -47,19 +47,12 @@ from tierserve.serving.ledger import Bill, Line, Tab
 from tierserve.serving.metrics import IngressMetrics
 from tierserve.serving.rank import RankWindow, escalation_score, load_reference, tie_break
 from tierserve.serving.routing import CircuitBreaker, Plan
-from tierserve.serving.shadow import (
-    ShadowGate,
-    Verdict,
-    exact_verdict,
-    judge_prompt,
-    pairwise_verdict,
-)
+from tierserve.serving.shadowing import ShadowEvaluator
 from tierserve.serving.tiers import (
     Attempt,
     Call,
     Chunk,
     backpressure,
-    judge_request,
     self_check_request,
     tier_request,
 )
@@ -201,10 +194,9 @@ class CascadeEngine:
         self.handles = dict(handles)
         self.metrics = metrics
         self.clock = clock
-        self.sample = sample
         self.breakers: dict[str, CircuitBreaker] = {}
-        self.shadow_tasks: set[asyncio.Task[None]] = set()
-        self.shadow_gate = ShadowGate()
+        self.users = 0  # user requests climbing or being delivered: the load shadows yield to
+        self.shadows = ShadowEvaluator(self._open, self.breaker, metrics, clock, sample)
         self.windows: dict[str, RankWindow] = {}  # lower tier -> its rank reference
         self.seeded: set[str] = set()  # tiers whose window started from a reference file
         self.rank_key: tuple[Any, ...] = ()
@@ -262,8 +254,7 @@ class CascadeEngine:
 
     async def drain(self) -> None:
         """Waits for the shadow evaluations in progress (tests; shutdown)."""
-        while self.shadow_tasks:
-            await asyncio.gather(*self.shadow_tasks, return_exceptions=True)
+        await self.shadows.drain()
 
     # -- choosing the answer -----------------------------------------------------------------
 
@@ -273,6 +264,7 @@ class CascadeEngine:
         A request that fails after climbing has still spent its lower answers: they are
         metered here; a kept answer's are metered with it, when delivered."""
         tab = Tab()
+        self.users += 1
         try:
             outcome = await self._climb(cfg, plan, call, deadline, tab)
         except (TierOverloaded, TierUnavailable, DeadlineExceeded) as exc:
@@ -283,6 +275,8 @@ class CascadeEngine:
         except BaseException:
             self._meter(cfg, tab.lines(kept=-1))
             raise
+        finally:
+            self.users -= 1
         outcome.spent = tab.lines(kept=outcome.attempt.index)
         return outcome
 
@@ -520,6 +514,7 @@ class CascadeEngine:
         texts: list[str] = []
         usage: dict[str, Any] = {}
         result: str | None = None
+        self.users += 1
         try:
             chunks = list(attempt.held)
             while True:
@@ -548,6 +543,7 @@ class CascadeEngine:
             logger.warning("tier %s failed mid-stream: %r", outcome.tier, exc)
             yield TierUnavailable(f"tier {outcome.tier} failed mid-stream: {exc!r}"[:300]).body()
         finally:
+            self.users -= 1
             await attempt.close()
             answer = self._line(call, attempt, ledger.ANSWER, [{"usage": usage}], texts)
             outcome.bill = ledger.settle([*outcome.spent, answer], cfg.tiers[cfg.top].token_price)
@@ -556,7 +552,7 @@ class CascadeEngine:
             if result is not None:  # None: the client went away
                 self.metrics.answered(outcome.tier, str(cfg.mode), usage, result)
             if result == "ok":
-                self._maybe_shadow(cfg, call, attempt.index, "".join(texts))
+                self.shadows.maybe_start(cfg, call, attempt.index, "".join(texts), self.users)
 
     @staticmethod
     def _present(chunk: Chunk, call: Call) -> Chunk | None:
@@ -598,85 +594,3 @@ class CascadeEngine:
     def _meter(self, cfg: IngressConfig, lines: list[Line] | tuple[Line, ...]) -> None:
         for line in lines:
             self.metrics.cost(line.tier, str(cfg.mode), line.kind, line.cost)
-
-    # -- shadow evaluation -------------------------------------------------------------------
-
-    def _maybe_shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
-        """A sample of kept lower-tier answers is judged against the top tier's, off the
-        request path, within the gate's concurrency and hourly bounds (dropped beyond them)."""
-        rate = cfg.shadow.sample_rate
-        if rate <= 0 or index == cfg.top or self.sample() >= rate:
-            return
-        tier = cfg.tiers[index].name
-        dropped = self.shadow_gate.admit(cfg.shadow, self.clock())
-        if dropped is not None:
-            self.metrics.shadow_dropped(tier, dropped)
-            return
-        self.metrics.shadow_in_flight(tier, +1)
-        task = asyncio.create_task(self._shadow(cfg, call, index, text))
-        self.shadow_tasks.add(task)
-
-        def done(task: asyncio.Task[None]) -> None:
-            self.shadow_tasks.discard(task)
-            self.shadow_gate.release()
-            self.metrics.shadow_in_flight(tier, -1)
-
-        task.add_done_callback(done)
-
-    async def _shadow(self, cfg: IngressConfig, call: Call, index: int, text: str) -> None:
-        tier, judge = cfg.tiers[index].name, cfg.shadow.judge
-        verdict = Verdict.ERROR
-        try:
-            reference = await self._ask(cfg, call, cfg.top, None)
-            if reference is None:
-                self.metrics.shadow_dropped(tier, "overloaded")
-                return
-            if judge == ShadowJudge.EXACT_MATCH:
-                verdict = exact_verdict(text, reference)
-            else:
-                lower_first = self.sample() < 0.5
-                prompt = judge_prompt(
-                    cfg.shadow.judge_prompt, call.text, text, reference, lower_first
-                )
-                judge_index = cfg.index(cfg.shadow.judge_tier) if cfg.shadow.judge_tier else None
-                reply = await self._ask(
-                    cfg, call, cfg.top if judge_index is None else judge_index, prompt
-                )
-                if reply is None:
-                    self.metrics.shadow_dropped(tier, "overloaded")
-                    return
-                verdict = pairwise_verdict(reply, lower_first)
-        except Exception as exc:  # shadow traffic never affects users
-            logger.info("shadow evaluation failed: %r", exc)
-        self.metrics.shadow_verdict(tier, str(judge), verdict)
-        if verdict.judged:
-            self.metrics.shadow(tier, verdict.agreed)
-
-    async def _ask(
-        self, cfg: IngressConfig, call: Call, index: int, prompt: str | None
-    ) -> str | None:
-        """Tier `index`'s whole answer to the client's request, or (`prompt`) to the judge's
-        question; None when the tier is cooling down or full: shadows never queue or touch
-        the breakers."""
-        if not self.breaker(cfg.tiers[index].name).available(self.clock()):
-            return None
-        if prompt is None:
-            request = tier_request(cfg, call, index, logprobs=False, stream=False)
-        else:
-            request = judge_request(cfg, call, index, prompt)
-        attempt = self._open(cfg, call, index, request)
-        try:
-            await asyncio.wait_for(attempt.hold(call.chat, 0), cfg.request_timeout_seconds)
-        except Exception as exc:
-            if backpressure(exc) is not None:
-                return None
-            raise
-        finally:
-            await attempt.close()
-        body = attempt.held[0]
-        tokens = ledger.reported(body.get("usage"))
-        if tokens is not None:  # counted apart from users' spend: kind shadow or judge
-            kind = ledger.SHADOW if prompt is None else ledger.JUDGE
-            spent = ledger.charge(cfg.tiers[index].token_price, *tokens)
-            self.metrics.cost(cfg.tiers[index].name, str(cfg.mode), kind, spent)
-        return routing.answer_text(body, call.chat)

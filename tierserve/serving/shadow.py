@@ -9,7 +9,8 @@ answers' win+tie rate is the quality signal (`tierserve_shadow_evaluations_total
 autoscaler and the drift alert read.
 
 `ShadowGate` bounds the cost: at most `maxConcurrent` evaluations in flight and `maxPerHour`
-started per router replica; samples beyond either are dropped and counted, never queued.
+started per router replica, none while the replica has more than `maxUserInFlight` user requests
+(under load shadows go first); samples beyond these are dropped and counted, never queued.
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ class ShadowGate:
     _at: float = 0.0
     _rate_per_hour: int | None = field(default=None, repr=False)
 
-    def admit(self, limits: Shadow, now: float) -> str | None:
-        """None when admitted (call `release` when it ends), else why it was dropped."""
+    def admit(self, limits: Shadow, now: float, users: int = 0) -> str | None:
+        """None when admitted (call `release` when it ends), else why it was dropped;
+        `users`: user requests the replica is working on."""
+        if limits.max_user_in_flight is not None and users > limits.max_user_in_flight:
+            return "load"
         if self.in_flight >= limits.max_concurrent:
             return "concurrency"
         if limits.max_per_hour is not None:

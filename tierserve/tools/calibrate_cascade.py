@@ -41,7 +41,13 @@ from numpy.typing import ArrayLike, NDArray
 from tierserve.serving import routing
 from tierserve.serving.scorers import HeuristicScorer
 from tierserve.tools import quality
-from tierserve.tools.labelled import BENCHMARKS, DEFAULT_DATA, DataError, load_routellm
+from tierserve.tools.labelled import (
+    BENCHMARKS,
+    DEFAULT_DATA,
+    DataError,
+    load_routellm,
+    parse_label,
+)
 
 # Metrics computed from `token_logprobs` by the router's own function, in this order.
 LOGPROB_METRICS = ("minTokenProb", "meanLogprob", "quantile")
@@ -67,9 +73,6 @@ REFERENCE_MAX = 2000  # confidences in a reference file, at most
 DEFAULT_SHARES = (0.2, 0.3, 0.5)
 ECE_BINS = 10
 TIE_DIGITS = 9  # APGRs equal to this many digits are a tie, broken by AUROC
-
-_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
-_FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
 
 class TableError(DataError):
@@ -132,26 +135,6 @@ def _number(value: Any, where: str) -> float:
     if math.isnan(x):
         raise TableError(f"{where}: NaN (a number is needed)")
     return x
-
-
-def _label(value: Any, where: str) -> bool:
-    """0/1 or true/false (yes/no, t/f also); anything else names the row and column."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        if isinstance(value, float) and math.isnan(value):
-            raise TableError(f"{where}: NaN (expected 0/1 or true/false)")
-        if value in (0, 1):
-            return bool(value)
-        raise TableError(f"{where}: expected 0/1 or true/false, got {value!r}")
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise TableError(f"{where}: empty (expected 0/1 or true/false)")
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise TableError(f"{where}: expected 0/1 or true/false, got {value!r}")
 
 
 def _token_logprobs(value: Any, where: str) -> list[float | None]:
@@ -245,8 +228,8 @@ def table_from_rows(
                         f"{where}: column {name!r}, which the first row lacks: every row needs "
                         "the same confidence columns"
                     )
-        weak.append(_label(row[WEAK], where.column(WEAK)))
-        strong.append(_label(row[STRONG], where.column(STRONG)))
+        weak.append(parse_label(row[WEAK], where.column(WEAK)))
+        strong.append(parse_label(row[STRONG], where.column(STRONG)))
         if TOKEN_LOGPROBS in columns:
             logprobs = _token_logprobs(row[TOKEN_LOGPROBS], where.column(TOKEN_LOGPROBS))
             for metric in LOGPROB_METRICS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ STRONG_COLUMNS = ("strong_correct", "strong", ROUTELLM_STRONG)
 BENCHMARKS = ("mmlu", "gsm8k")
 # ../shared/data/routellm next to the checkout (/work/main -> /work/shared/data/routellm).
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "routellm"
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
+_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
 
 class DataError(ValueError):
@@ -41,17 +42,25 @@ class Example:
     source: str
 
 
-def _bool(value: Any, where: str) -> bool:
+def parse_label(value: Any, where: str) -> bool:
+    """0/1 or true/false (yes/no, t/f, y/n also); anything else, NaN and empty cells included,
+    is refused with `where` (the row and column) in the message."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
+    if isinstance(value, int | float):
+        if isinstance(value, float) and math.isnan(value):
+            raise DataError(f"{where}: NaN (expected 0/1 or true/false)")
+        if value in (0, 1):
+            return bool(value)
+        raise DataError(f"{where}: expected 0/1 or true/false, got {value!r}")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: empty (expected 0/1 or true/false)")
     text = str(value).strip().lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
-    raise DataError(f"{where}: expected a boolean (true/false/1/0), got {value!r}")
+    raise DataError(f"{where}: expected 0/1 or true/false, got {value!r}")
 
 
 def _pick(row: dict[str, Any], names: Sequence[str], where: str) -> Any:
@@ -65,8 +74,8 @@ def _example(row: dict[str, Any], where: str, source: str) -> Example:
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: missing or empty 'prompt'")
-    weak = _bool(_pick(row, WEAK_COLUMNS, where), where)
-    strong = _bool(_pick(row, STRONG_COLUMNS, where), where)
+    weak = parse_label(_pick(row, WEAK_COLUMNS, where), where)
+    strong = parse_label(_pick(row, STRONG_COLUMNS, where), where)
     return Example(prompt, weak, strong, source)
 
 
