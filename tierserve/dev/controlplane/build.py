@@ -233,3 +233,34 @@ def ensure_kuberay_operator() -> Path | None:
 
 def kuberay_version() -> str:
     return kuberay_build().version()
+
+
+def kubelet_build() -> GoBuild:
+    """The kubelet, for a local node (tierserve.dev.controlplane.node), from e2e/node: the same
+    k8s.io/kubernetes release as e2e/kube (checked by node.py), in its own module because the
+    kubelet needs modules e2e/kube's go.sum does not list (and changing that would rebuild it)."""
+    return GoBuild(
+        component="kubelet",
+        module_dir=E2E_DIR / "node",
+        pinned_module="k8s.io/kubernetes",
+        packages=("k8s.io/kubernetes/cmd/kubelet",),
+        binaries=("kubelet",),
+        hashed_files=("go.mod", "go.sum"),
+        cold_minutes=9,  # 558 s with a cold GOCACHE, beside a concurrent k8s build
+        ldflags=_kube_ldflags(),
+    )
+
+
+def scheduler_build() -> GoBuild:
+    """kube-scheduler, for a local node (pods without spec.nodeName get bound): e2e/kube's
+    go.sum already covers it, so it is built from there, cached apart from kube_build()."""
+    return GoBuild(
+        component="kube-scheduler",
+        module_dir=E2E_DIR / "kube",
+        pinned_module="k8s.io/kubernetes",
+        packages=("k8s.io/kubernetes/cmd/kube-scheduler",),
+        binaries=("kube-scheduler",),
+        hashed_files=("go.mod", "go.sum"),
+        cold_minutes=1,  # 17 s once the k8s build warmed GOCACHE
+        ldflags=_kube_ldflags(),
+    )
