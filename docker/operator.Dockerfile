@@ -3,17 +3,24 @@
 # Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/tierserve/operator:0.1.0 .
 # The chart (charts/tierserve) runs it as UID 10001 with a read-only root filesystem.
+# BASE is any Debian-based image with python3 (3.11+) and its venv module: the public slim
+# Python image by default; `python -m tierserve.dev.images build operator` passes a local
+# debootstrapped one (no registry reachable there).
 
-FROM python:3.11.13-slim-bookworm AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/tierserve
+ARG BASE=python:3.11.13-slim-bookworm
+
+FROM ${BASE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/tierserve
 # Only what the package is built from.
 COPY pyproject.toml README.md /src/
 COPY tierserve /src/tierserve
 # The [controller] extra only: Kopf and the Kubernetes client, no Ray, no vLLM, no torch.
-RUN /opt/tierserve/bin/pip install "/src[controller]"
+# pip's cache is a build cache mount: reused by the next build, never part of the image.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/tierserve/bin/pip install "/src[controller]"
 
-FROM python:3.11.13-slim-bookworm
+FROM ${BASE}
 ENV PATH=/opt/tierserve/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

