@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -1230,6 +1230,14 @@ class RayConfig(_Model):
     )
     image: str | None = Field(
         default=None, max_length=512, description="Serving image with tierserve and vLLM."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None,
+        description=(
+            "kuberay backend: the Ray containers' imagePullPolicy (Kubernetes' default when "
+            "unset: Always for a :latest or untagged image, else IfNotPresent). Never for an "
+            "image imported into the nodes' runtime rather than pulled from a registry."
+        ),
     )
     ray_version: str = Field(
         default=RAY_VERSION, max_length=32, description="Ray version of image."

@@ -211,6 +211,8 @@ def pod_template(container: dict[str, Any], ray: RayConfig, pod: RayPod | None) 
     if ray.hub_token_secret:
         ref = ray.hub_token_secret.model_dump(mode="json")
         env.append({"name": HF_TOKEN, "valueFrom": {"secretKeyRef": ref}})
+    if ray.image_pull_policy:
+        container["imagePullPolicy"] = ray.image_pull_policy
     spec: dict[str, Any] = {"containers": [container]}
     metadata: dict[str, Any] = {}
     if pod:

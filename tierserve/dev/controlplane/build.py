@@ -264,3 +264,36 @@ def scheduler_build() -> GoBuild:
         cold_minutes=1,  # 17 s once the k8s build warmed GOCACHE
         ldflags=_kube_ldflags(),
     )
+
+
+def kube_proxy_build() -> GoBuild:
+    """kube-proxy (iptables mode), so Service cluster IPs route on a local node: from e2e/proxy,
+    the same k8s.io/kubernetes release as e2e/kube and e2e/node (its own module: kube-proxy needs
+    k8s.io/kube-proxy, which neither of their go.sum files lists)."""
+    return GoBuild(
+        component="kube-proxy",
+        module_dir=E2E_DIR / "proxy",
+        pinned_module="k8s.io/kubernetes",
+        packages=("k8s.io/kubernetes/cmd/kube-proxy",),
+        binaries=("kube-proxy",),
+        hashed_files=("go.mod", "go.sum"),
+        cold_minutes=2,
+        ldflags=_kube_ldflags(),
+    )
+
+
+def coredns_build() -> GoBuild:
+    """CoreDNS, the cluster DNS of a local node (its `kubernetes` plugin serves cluster.local
+    from the API server), from e2e/coredns."""
+    version = module_version(E2E_DIR / "coredns" / "go.mod", "github.com/coredns/coredns")
+    return GoBuild(
+        component="coredns",
+        module_dir=E2E_DIR / "coredns",
+        pinned_module="github.com/coredns/coredns",
+        packages=("github.com/coredns/coredns",),
+        binaries=("coredns",),
+        hashed_files=("go.mod", "go.sum"),
+        cold_minutes=5,
+        # as CoreDNS's Makefile does (GITCOMMIT); the version itself is a constant in coremain
+        ldflags=f"-s -w -X github.com/coredns/coredns/coremain.GitCommit={version}",
+    )

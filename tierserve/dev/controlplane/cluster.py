@@ -129,6 +129,12 @@ def _start_apiserver(
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            # A local node's kubelet (node.py) serves on its InternalIP (the bridge address) and
+            # takes clients with a certificate of this CA only: the API server presents the
+            # admin client certificate (logs, exec, port-forward).
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
             "--profiling=false",
         ],
         info,

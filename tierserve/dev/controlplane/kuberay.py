@@ -139,13 +139,22 @@ def kuberay_crds_apply(
 
 
 def start_kuberay_operator(
-    info: ControlPlaneInfo, binary: Path | None = None, *, detach: bool = False
+    info: ControlPlaneInfo,
+    binary: Path | None = None,
+    *,
+    detach: bool = False,
+    use_kubernetes_proxy: bool = False,
 ) -> Process:
     """Runs the KubeRay operator against the control plane (CRDs installed first).
 
     With no kubelet its Ray pods stay Pending, but it reconciles: RayService -> RayCluster ->
     Pods/Services objects. Recorded in the state file so `down` stops it too. It ends with this
     process unless `detach`.
+
+    `use_kubernetes_proxy`: the operator reaches each head's dashboard (Serve REST API, job
+    API) through the API server's service proxy instead of dialling
+    `<cluster>-head-svc.<ns>.svc.cluster.local`, which a host process cannot resolve. Needed
+    with a local node (node.py), whose pods run for real.
     """
     binary = binary or ensure_kuberay_operator()
     if binary is None:
@@ -165,6 +174,7 @@ def start_kuberay_operator(
             f"--health-probe-bind-address=127.0.0.1:{ports.kuberay_probe}",
             "--enable-leader-election=false",
             "--log-stdout-encoder=console",
+            *(["--use-kubernetes-proxy"] if use_kubernetes_proxy else []),
         ],
         info,
         [],

@@ -20,20 +20,32 @@ What it needs and does (measured on the project's 2-core machine kind, cgroup v1
   kubelet sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops) and ip_forward,
   /var/lib/cni (CNI result cache), /var/log/containers, /run/containerd (1.6 shim sockets).
   `stop_node` undoes each (it records what existed before the start).
-- The node IP is the bridge address (the kubelet refuses a loopback node IP). The API server
-  reaches a kubelet at the Node's Hostname address first, so the node is named ``localhost`` and
-  the kubelet serves on 127.0.0.1, with anonymous access allowed (the local API server has no
-  kubelet client certificate): fine on a dev box, not on anything shared.
+- The node IP is the bridge address (the kubelet refuses a loopback node IP). The kubelet
+  serves on it (the API server runs with --kubelet-preferred-address-types=InternalIP,Hostname)
+  and takes only clients with a certificate of the control plane's CA (the API server presents
+  the admin client certificate as --kubelet-client-certificate): pods can reach that address,
+  so no anonymous access. The node is still named ``localhost``.
 - The session lacks CAP_SYS_RESOURCE, so containerd clamps oom_score_adj (restrict_oom_score_adj).
-- There is no kube-proxy and no cluster DNS: Services' cluster IPs do not route and Service names
-  do not resolve; pods reach each other and the host (10.244.0.1) by IP, the host reaches pods by
-  pod IP over the bridge, and hostNetwork pods share the host's 127.0.0.1.
+- Cluster services (``start_node(services=True)``, the default): kube-proxy in iptables mode
+  (``build.kube_proxy_build``, from e2e/proxy) so Service cluster IPs (10.96.0.0/16) route from
+  pods and from the host; CoreDNS (``build.coredns_build``, from e2e/coredns) on 10.244.0.1:53
+  only, serving cluster.local from the API server (the kubelet's clusterDNS), other names
+  forwarded to the host's resolvers; and a TCP relay (``relay.py``) on 10.244.0.1:<API server
+  port> to the API server on 127.0.0.1, named by an EndpointSlice of the `kubernetes` Service,
+  so in-cluster clients (KubeRay's Ray autoscaler sidecar) reach 10.96.0.1:443. kube-proxy is
+  configured to leave host sysctls alone (no conntrack tuning, no route_localnet) and serves
+  NodePorts on the bridge address only; its iptables chains (KUBE-*) are removed by stop_node
+  like the kubelet's. The host's own resolver does not know cluster.local: host processes reach
+  Services by cluster IP (or through the API server's service proxy, as KubeRay's operator does
+  with --use-kubernetes-proxy).
 - Nothing outlives the process that started the node (unless `detach`): a bound "janitor"
   child runs `stop_node` when that process dies, however it dies (the watchdog alone would end
   the processes but leave mounts, namespaces, the bridge, iptables chains and sysctls, and
   orphaned containers: a container whose PID 1 ignores SIGTERM outlives its shim, so
   `stop_node` kills containers by their kubepods cgroup).
-- Figures: Node Ready ~1.3 s after the kubelet starts (whole node ~2.5 s, containerd ~0.4 s);
+- Figures: Node Ready ~1.3 s after the kubelet starts (whole node ~2.5 s, containerd ~0.4 s;
+  with the cluster services ~5 s: kube-proxy synced and CoreDNS answering in ~1.5-2 s);
+  RSS kube-proxy ~60 MiB, CoreDNS ~60 MiB, the relay ~26 MiB;
   a pod's container runs ~1 s after the Pod is created; RSS kubelet ~90 MiB, containerd ~50 MiB,
   kube-scheduler ~65 MiB; a 3.6 GB image imports in ~2 min, a 180 MB one in 3-11 s.
 
@@ -66,9 +78,11 @@ import yaml
 
 from tierserve.dev.controlplane.build import (
     REPO_ROOT,
+    coredns_build,
     go_build,
     go_executable,
     kube_build,
+    kube_proxy_build,
     kubelet_build,
     say,
     scheduler_build,
@@ -90,9 +104,9 @@ from tierserve.dev.proc import (
     wait_until,
 )
 
-# The API server reaches a kubelet (logs, exec, port-forward) at the Node's Hostname address first
-# (its default --kubelet-preferred-address-types), and "localhost" is the one name that resolves
-# here without touching /etc/hosts; the kubelet serves on 127.0.0.1 only.
+# The API server reaches the kubelet (logs, exec, port-forward) at the Node's InternalIP (the
+# bridge address, --kubelet-preferred-address-types=InternalIP,Hostname); "localhost" stays the
+# name (it resolves here without touching /etc/hosts).
 NODE_NAME = "localhost"
 BRIDGE = "ts0"
 POD_SUBNET = "10.244.0.0/16"  # not 10.88/16: podman/buildah put cni-podman0 there
@@ -103,6 +117,18 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 KUBELET_PORT = 18250
 KUBELET_HEALTHZ_PORT = 18248
 SCHEDULER_PORT = 18259
+# Cluster services (start_node(services=True)): kube-proxy (iptables mode) so Service cluster IPs
+# route, CoreDNS on the bridge address as the pods' cluster DNS, and a relay so pods reach the
+# API server (which listens on 127.0.0.1) through the `kubernetes` Service.
+KUBE_PROXY_HEALTHZ_PORT = 18256
+KUBE_PROXY_METRICS_PORT = 18249
+COREDNS_READY_PORT = 18181
+COREDNS_METRICS_PORT = 18153
+CLUSTER_DOMAIN = "cluster.local"
+CLUSTER_DNS = BRIDGE_IP  # CoreDNS listens here (port 53) only, never on 0.0.0.0
+SERVICES_TIMEOUT = 60.0
+API_RELAY = "apiserver-relay"
+API_ENDPOINTSLICE = "kubernetes-tierserve-node"
 NODE_STATE_FILE = "node.json"
 K8S_NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
 
@@ -120,6 +146,9 @@ SAVED_SYSCTLS = (
     "kernel.keys.root_maxkeys",
     "kernel.keys.root_maxbytes",
     "net.ipv4.ip_forward",
+    # kube-proxy's (it is configured to leave them alone; saved in case a version does not)
+    "net.ipv4.conf.all.route_localnet",
+    "net.netfilter.nf_conntrack_max",
 )
 # Host paths containerd 1.6, CNI and the kubelet create outside the state dir: removed by
 # stop_node when they did not exist before start_node (and nothing is mounted in them).
@@ -156,6 +185,8 @@ class NodeBinaries:
     containerd: Path
     ctr: Path
     runc: Path
+    kube_proxy: Path | None = None
+    coredns: Path | None = None
 
 
 def host_tools() -> dict[str, Path]:
@@ -180,8 +211,9 @@ def host_tools() -> dict[str, Path]:
     return found
 
 
-def ensure_node_binaries(*, scheduler: bool = True) -> NodeBinaries:
-    """Builds (or finds cached) kubelet and kube-scheduler; checks the Debian tools."""
+def ensure_node_binaries(*, scheduler: bool = True, services: bool = False) -> NodeBinaries:
+    """Builds (or finds cached) kubelet and kube-scheduler (and with `services` kube-proxy and
+    CoreDNS); checks the Debian tools."""
     kube_version = kube_build().version()
     spec = kubelet_build()
     if spec.version() != kube_version:
@@ -193,7 +225,20 @@ def ensure_node_binaries(*, scheduler: bool = True) -> NodeBinaries:
     tools = host_tools()
     kubelet = go_build(spec) / "kubelet"
     sched = go_build(scheduler_build()) / "kube-scheduler" if scheduler else None
-    return NodeBinaries(kubelet, sched, tools["containerd"], tools["ctr"], tools["runc"])
+    proxy = dns = None
+    if services:
+        proxy_spec = kube_proxy_build()
+        if proxy_spec.version() != kube_version:
+            raise ComponentError(
+                "kube-proxy",
+                f"e2e/proxy pins k8s.io/kubernetes {proxy_spec.version()} but e2e/kube pins "
+                f"{kube_version}: update e2e/proxy/go.mod (and `go mod tidy` there)",
+            )
+        proxy = go_build(proxy_spec) / "kube-proxy"
+        dns = go_build(coredns_build()) / "coredns"
+    return NodeBinaries(
+        kubelet, sched, tools["containerd"], tools["ctr"], tools["runc"], proxy, dns
+    )
 
 
 def normalize_image(name: str) -> str:
@@ -608,12 +653,14 @@ def _write_cni_config(state: Path) -> Path:
     return path
 
 
-def _write_kubelet_config(state: Path, cp: ControlPlaneInfo) -> Path:
+def _write_kubelet_config(state: Path, cp: ControlPlaneInfo, *, cluster_dns: bool = False) -> Path:
     kubelet_dir = state / "kubelet"
     config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        # The node's InternalIP: the API server dials it first (--kubelet-preferred-address-types
+        # InternalIP,Hostname). Pods can reach this address, hence no anonymous access.
+        "address": BRIDGE_IP,
         "port": KUBELET_PORT,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
@@ -623,14 +670,17 @@ def _write_kubelet_config(state: Path, cp: ControlPlaneInfo) -> Path:
         "failCgroupV1": False,  # kubelet 1.36 refuses cgroup v1 hosts by default
         "failSwapOn": False,
         "authentication": {
-            # The local API server has no kubelet client certificate: `kubectl logs/exec` reach
-            # the kubelet anonymously. Served on 127.0.0.1 only (dev box).
-            "anonymous": {"enabled": True},
+            # Only clients with a certificate of the control plane's CA: the API server (its
+            # --kubelet-client-certificate) for `kubectl logs/exec/port-forward`; not pods.
+            "anonymous": {"enabled": False},
             "webhook": {"enabled": False},
             "x509": {"clientCAFile": str(cp.ca_file)},
         },
         "authorization": {"mode": "AlwaysAllow"},
-        "clusterDomain": "cluster.local",
+        "clusterDomain": CLUSTER_DOMAIN,
+        # CoreDNS on the bridge address (start_node(services=True)); without it pods use the
+        # host's resolver (dnsPolicy ClusterFirst falls back to Default with no clusterDNS).
+        **({"clusterDNS": [CLUSTER_DNS]} if cluster_dns else {}),
         "resolvConf": "/etc/resolv.conf",
         "podLogsDir": str(state / "pod-logs"),
         "evictionHard": {
@@ -731,11 +781,15 @@ def start_node(
     *,
     name: str = NODE_NAME,
     scheduler: bool = True,
+    services: bool = True,
     detach: bool = False,
     timeout: float = NODE_READY_TIMEOUT,
 ) -> NodeInfo:
     """Starts containerd, the kubelet (and kube-scheduler) beside the running control plane `cp`
     and returns once the Node is Ready. They end with this process unless `detach`.
+
+    With `services`, also the cluster services (see `_start_services`): kube-proxy, CoreDNS as
+    the pods' cluster DNS (kubelet clusterDNS), and the API server relay for in-cluster clients.
 
     Linux and root only. Anything half-started is stopped and undone on failure.
     """
@@ -745,8 +799,12 @@ def start_node(
     old = NodeInfo.load(state)
     if old is not None:
         stop_node(state)  # a stale or running node: start clean (images are kept)
-    bins = ensure_node_binaries(scheduler=scheduler)
-    for port in (KUBELET_PORT, KUBELET_HEALTHZ_PORT, *([SCHEDULER_PORT] if scheduler else [])):
+    bins = ensure_node_binaries(scheduler=scheduler, services=services)
+    ports = [KUBELET_PORT, KUBELET_HEALTHZ_PORT, *([SCHEDULER_PORT] if scheduler else [])]
+    if services:
+        ports += [KUBE_PROXY_HEALTHZ_PORT, KUBE_PROXY_METRICS_PORT, COREDNS_READY_PORT]
+        ports += [COREDNS_METRICS_PORT]
+    for port in ports:
         require_free_port("node", port)
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         raise ComponentError("node", f"bridge {BRIDGE} exists already (another node running?)")
@@ -792,7 +850,7 @@ def start_node(
             f"/O=system:nodes/CN=system:node:{name}",
             state / "kubelet.kubeconfig",
         )
-        kubelet_config = _write_kubelet_config(state, cp)
+        kubelet_config = _write_kubelet_config(state, cp, cluster_dns=services)
         kubelet_started = time.time()
         kubelet = _launch(
             info,
@@ -814,6 +872,8 @@ def start_node(
         say(f"==> node {name} Ready {ready:.1f}s after the kubelet started")
         if bins.scheduler is not None:
             _start_scheduler(info, cp, bins.scheduler, procs, not detach)
+        if services:
+            _start_services(info, cp, bins, procs, not detach)
     except BaseException:
         with contextlib.suppress(Exception):
             stop_node(state)
@@ -852,6 +912,223 @@ def _start_scheduler(
         what="healthy",
         log=process.log,
         proc=process.popen,
+    )
+
+
+# ---- Cluster services: kube-proxy, CoreDNS, the API server relay
+
+
+COREDNS_RBAC = """apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: tierserve:coredns
+  labels: {app.kubernetes.io/managed-by: tierserve-node}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: tierserve:coredns
+  labels: {app.kubernetes.io/managed-by: tierserve-node}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: tierserve:coredns}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:coredns}
+"""
+
+
+def _write_corefile(state: Path, kubeconfig: Path) -> Path:
+    """cluster.local (and reverse lookups of pod and service IPs) from the API server; other
+    names forwarded to the host's resolvers. Bound to the bridge address only; the ready and
+    metrics endpoints to 127.0.0.1."""
+    corefile = f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {CLUSTER_DNS}
+    errors
+    ready 127.0.0.1:{COREDNS_READY_PORT}
+    prometheus 127.0.0.1:{COREDNS_METRICS_PORT}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} tierserve-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+    loadbalance
+}}
+.:53 {{
+    bind {CLUSTER_DNS}
+    errors
+    forward . /etc/resolv.conf
+    cache 30
+}}
+"""
+    path = state / "coredns" / "Corefile"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(corefile)
+    return path
+
+
+def _write_kube_proxy_config(state: Path, kubeconfig: Path, name: str) -> Path:
+    """iptables mode; it leaves host sysctls alone (no conntrack tuning, no route_localnet, no
+    oom_score_adj: the session lacks CAP_SYS_RESOURCE) and serves NodePorts on the bridge only.
+    masqueradeAll: replies of a Service's backend to a client pod on the same bridge then come
+    back through the host (un-DNATed) whether or not br_netfilter is loaded."""
+    config = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "mode": "iptables",
+        "clusterCIDR": POD_SUBNET,
+        "hostnameOverride": name,
+        "bindAddress": BRIDGE_IP,
+        "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}",
+        "metricsBindAddress": f"127.0.0.1:{KUBE_PROXY_METRICS_PORT}",
+        "enableProfiling": False,
+        "nodePortAddresses": [f"{BRIDGE_IP}/32"],
+        "oomScoreAdj": 0,
+        "iptables": {
+            "masqueradeAll": True,
+            "localhostNodePorts": False,
+            "syncPeriod": "30s",
+            "minSyncPeriod": "1s",
+        },
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+    }
+    path = state / "kube-proxy" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _apiserver_port(cp: ControlPlaneInfo) -> int:
+    from urllib.parse import urlparse
+
+    return int(urlparse(cp.server_url).port or 443)
+
+
+def _api_endpointslice(cp: ControlPlaneInfo) -> str:
+    """The `kubernetes` Service's endpoint: the relay on the bridge address (the API server
+    runs with --endpoint-reconciler-type=none, so nothing else writes one)."""
+    port = _apiserver_port(cp)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": API_ENDPOINTSLICE,
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "tierserve-node",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [BRIDGE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }
+    )
+
+
+def _delete_api_endpointslice(info: NodeInfo) -> list[str]:
+    cp = ControlPlaneInfo.load(info.controlplane_state_dir)
+    if cp is None:
+        return []
+    with contextlib.suppress(ComponentError, OSError):
+        kubectl(cp, "-n", "default", "delete", "endpointslice", API_ENDPOINTSLICE,
+                "--ignore-not-found", "--wait=false", timeout=15)  # fmt: skip
+        return [f"deleted EndpointSlice default/{API_ENDPOINTSLICE}"]
+    return []
+
+
+def _dns_answers(name: str, server: str = CLUSTER_DNS) -> bool:
+    """True once `server` answers an A query for `name` with at least one address."""
+    import random
+    import socket
+    import struct
+
+    qid = random.randrange(65536)
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    query += struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(query, (server, 53))
+        data = sock.recv(4096)
+    rid, flags, _qd, answers = struct.unpack(">HHHH", data[:8])
+    return rid == qid and flags & 0xF == 0 and answers > 0
+
+
+def _start_services(
+    info: NodeInfo, cp: ControlPlaneInfo, bins: NodeBinaries, procs: list[Process], bound: bool
+) -> None:
+    """kube-proxy, CoreDNS and the API server relay, each waited for (bounded)."""
+    assert bins.kube_proxy is not None and bins.coredns is not None
+    state = info.state_dir
+    began = time.monotonic()
+    # The relay: pods reach the API server at the `kubernetes` Service (10.96.0.1:443).
+    port = _apiserver_port(cp)
+    env_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    relay_argv = [sys.executable, "-m", "tierserve.dev.controlplane.relay",
+                  f"{BRIDGE_IP}:{port}", f"127.0.0.1:{port}"]  # fmt: skip
+    log = info.logs_dir / f"{API_RELAY}.log"
+    relay = start(API_RELAY, relay_argv, log=log, env={"PYTHONPATH": env_path}, bind=bound)
+    procs.append(relay)
+    info.pids[API_RELAY] = relay.popen.pid
+    info.start_times[API_RELAY] = relay.start_time or ""
+    info.logs[API_RELAY] = str(log)
+    info.save()
+    kubectl(cp, "apply", "-f", "-", input=_api_endpointslice(cp), timeout=30)
+    # kube-proxy
+    proxy_kubeconfig = _client_kubeconfig(
+        cp, "kube-proxy", "/CN=system:kube-proxy", state / "kube-proxy.kubeconfig"
+    )
+    proxy_config = _write_kube_proxy_config(state, proxy_kubeconfig, info.name)
+    proxy = _launch(
+        info,
+        "kube-proxy",
+        [str(bins.kube_proxy), f"--config={proxy_config}", "--v=1"],
+        procs,
+        bound,
+    )
+    # CoreDNS
+    kubectl(cp, "apply", "-f", "-", input=COREDNS_RBAC, timeout=30)
+    dns_kubeconfig = _client_kubeconfig(
+        cp, "coredns", "/CN=system:coredns", state / "coredns.kubeconfig"
+    )
+    corefile = _write_corefile(state, dns_kubeconfig)
+    dns = _launch(info, "coredns", [str(bins.coredns), "-conf", str(corefile)], procs, bound)
+    wait_until(
+        lambda: _healthz(f"http://127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}/healthz"),
+        timeout=SERVICES_TIMEOUT,
+        component="kube-proxy",
+        what="healthy (iptables rules synced)",
+        log=proxy.log,
+        proc=proxy.popen,
+    )
+    wait_until(
+        lambda: (
+            _healthz(f"http://127.0.0.1:{COREDNS_READY_PORT}/ready")
+            and _dns_answers(f"kubernetes.default.svc.{CLUSTER_DOMAIN}")
+        ),
+        timeout=SERVICES_TIMEOUT,
+        component="coredns",
+        what=f"answering kubernetes.default.svc.{CLUSTER_DOMAIN} on {CLUSTER_DNS}:53",
+        log=dns.log,
+        proc=dns.popen,
+    )
+    say(
+        f"==> kube-proxy, CoreDNS ({CLUSTER_DNS}:53) and the API relay "
+        f"({BRIDGE_IP}:{port}) up in {time.monotonic() - began:.1f}s"
     )
 
 
@@ -894,8 +1171,10 @@ def stop_node(state_dir: Path | str | None = None, *, purge: bool = False) -> li
             done.append(f"removed {state}")
         return done
     _stop_janitor(info)
-    for name in ("kube-scheduler", "kubelet"):
+    for name in ("kube-proxy", "coredns", API_RELAY, "kube-scheduler", "kubelet"):
         _stop_recorded(info, name, done)
+    if API_RELAY in info.pids:
+        done += _delete_api_endpointslice(info)
     # Containers first, by cgroup: a container's PID 1 ignores SIGTERM from outside its pid
     # namespace unless it handles it, and once its shim is gone it is orphaned (no longer found
     # as the shim's descendant): the kubepods cgroups hold them all, orphans too.
@@ -1035,9 +1314,13 @@ def _cgroup_pids(names: Sequence[str] = ("kubepods", K8S_NAMESPACE)) -> set[int]
         for top in [root / name, *(c / name for c in root.iterdir() if c.is_dir())]:
             if not top.is_dir():
                 continue
-            for procs in top.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError, ValueError):
-                    pids |= {int(pid) for pid in procs.read_text().split()}
+            # os.walk, not rglob: pod cgroups vanish while being walked (the kubelet or runc
+            # removes them), which makes rglob raise FileNotFoundError; os.walk skips them.
+            for dirpath, _dirs, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    with contextlib.suppress(OSError, ValueError):
+                        text = Path(dirpath, "cgroup.procs").read_text()
+                        pids |= {int(pid) for pid in text.split()}
     pids.discard(os.getpid())
     return pids
 
@@ -1101,6 +1384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("build", help="build (or find cached) kubelet, kube-scheduler, pause image")
     up_cmd = sub.add_parser("up", help="start the node (detached) beside a running control plane")
     up_cmd.add_argument("--no-scheduler", action="store_true")
+    up_cmd.add_argument("--no-services", action="store_true",
+                        help="no kube-proxy, CoreDNS or API relay")  # fmt: skip
     down_cmd = sub.add_parser("down", help="stop it and undo its host changes")
     down_cmd.add_argument("--purge", action="store_true", help="also delete images and state")
     sub.add_parser("status")
@@ -1114,14 +1399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            bins = ensure_node_binaries()
+            bins = ensure_node_binaries(services=True)
             say(f"kubelet: {bins.kubelet}\nkube-scheduler: {bins.scheduler}")
+            say(f"kube-proxy: {bins.kube_proxy}\ncoredns: {bins.coredns}")
             say(f"pause image: {pause_image_archive()}")
         elif args.command == "up":
             cp = ControlPlaneInfo.load(args.controlplane_state_dir or default_state_dir())
             if cp is None:
                 raise ComponentError("node", "no control plane running: run `... controlplane up`")
-            start_node(cp, args.state_dir, scheduler=not args.no_scheduler, detach=True)
+            start_node(
+                cp,
+                args.state_dir,
+                scheduler=not args.no_scheduler,
+                services=not args.no_services,
+                detach=True,
+            )
         elif args.command == "down":
             for line in stop_node(args.state_dir, purge=args.purge):
                 say(line)

