@@ -27,3 +27,13 @@ def tier_deployment_name(tier: str) -> str:
 def app_name(namespace: str, name: str) -> str:
     """Serve application name; namespaced so ModelTiers can share one external Ray cluster."""
     return f"{namespace}-{name}"
+
+
+# Ray CPUs of one router replica (the ingress deployment's num_cpus). On KubeRay the head
+# advertises just enough for it (and Serve's controller, which takes none): tier replicas, which
+# need more, land on the worker groups.
+ROUTER_CPUS = 0.5
+# Ray CPUs of one LLMServer replica actor (ray.serve.llm's default num_cpus). Ray Serve LLM
+# merges them into the tier's first placement bundle, so a worker pod needs them on top of the
+# engine's bundles.
+LLM_REPLICA_CPUS = 1

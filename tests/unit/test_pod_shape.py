@@ -83,8 +83,9 @@ def test_resources_override_cpu_and_memory_on_both_sides_and_gpus_stay_derived()
     want = {"cpu": "6", "memory": "28Gi", "nvidia.com/gpu": "1"}
     assert small == {"requests": want, "limits": want}
     large = templates["gpu4-h100"]["spec"]["containers"][0]["resources"]
-    # cpu stays derived (cpusPerReplica 4 x 4 GPUs), memory is the user's, GPUs from the tier
-    assert large["limits"] == {"cpu": "16", "memory": "320Gi", "nvidia.com/gpu": "4"}
+    # cpu stays derived (cpusPerReplica 4 x 4 GPUs + the replica actor's 1), memory is the
+    # user's, GPUs from the tier
+    assert large["limits"] == {"cpu": "17", "memory": "320Gi", "nvidia.com/gpu": "4"}
 
 
 def test_limits_above_requests_stay_apart() -> None:
@@ -130,7 +131,7 @@ def test_head_is_sized_and_shaped_and_still_schedules_no_replicas() -> None:
         "annotations": {"prometheus.io/scrape": "true"},
     }
     head_group = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
-    assert head_group["rayStartParams"]["num-cpus"] == "0"
+    assert head_group["rayStartParams"]["num-cpus"] == "1"  # the router's 0.5, no tier's
 
 
 def test_model_cache_and_hub_token_reach_every_ray_container() -> None:

@@ -105,3 +105,28 @@ def test_render_is_deterministic() -> None:
     """Byte for byte, key order included: a reconcile that renders the same writes nothing."""
     first, again = (load("support-assistant.yaml") for _ in range(2))
     assert render.dump_yaml(render.render(first)) == render.dump_yaml(render.render(again))
+
+
+def test_every_replica_fits_a_pod_of_its_worker_group_and_the_router_fits_the_head() -> None:
+    """Ray Serve LLM puts the replica actor's CPU into the first placement bundle: a worker
+    pod advertising only the engine's bundles would leave the replica pending forever."""
+    mt = load("three-tier-upfront.yaml")
+    rs = render.ray_service(mt)
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = {
+        g["groupName"]: g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]
+    }
+    app = render.serve_application(mt)
+    for tier, spec in zip(app["args"]["tiers"], mt.spec.tiers, strict=True):
+        bundles = tier["llmConfig"]["placement_group_config"]["bundles"]
+        needed = sum(b.get("CPU", 0) for b in bundles) + names.LLM_REPLICA_CPUS
+        group = f"gpu{spec.gpus_per_replica}" if spec.gpus_per_replica else "cpu"
+        group += f"-{spec.accelerator_type.lower()}" if spec.accelerator_type else ""
+        cpu = pods[group]["resources"]["limits"]["cpu"]
+        assert float(cpu.removesuffix("m")) / (1000 if cpu.endswith("m") else 1) >= needed
+    head_cpus = float(cluster["headGroupSpec"]["rayStartParams"]["num-cpus"])
+    assert (
+        names.ROUTER_CPUS
+        <= head_cpus
+        < names.LLM_REPLICA_CPUS + min(s.cpus_per_replica for s in mt.spec.tiers)
+    )

@@ -10,6 +10,7 @@ lives in the router's `user_config`, which Serve applies in place: no replica re
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ from tierserve.names import (
     APP_IMPORT_PATH,
     DASHBOARD_PORT,
     INGRESS_DEPLOYMENT,
+    LLM_REPLICA_CPUS,
     MANAGED_BY,
+    ROUTER_CPUS,
     SERVE_PORT,
     app_name,
 )
@@ -246,7 +249,10 @@ def worker_groups(spec: ModelTierSpec, image: str) -> list[dict[str, Any]]:
         shapes[(tier.gpus_per_replica, tier.accelerator_type or "")].append(tier)
     groups = []
     for (gpus, accel), tiers in sorted(shapes.items()):
+        # The engine's bundles plus the replica actor's CPU, which Ray Serve LLM merges into
+        # the first bundle: without it a replica never fits its pod.
         cpus = max(t.cpus_per_replica * max(t.gpus_per_replica, 1) for t in tiers)
+        cpus += LLM_REPLICA_CPUS
         resources = {"cpu": _quantity(cpus), "memory": f"{max(8, 8 * gpus)}Gi"}
         if gpus:
             resources["nvidia.com/gpu"] = str(gpus)
@@ -304,8 +310,12 @@ def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, A
                 "rayVersion": mt.spec.ray.ray_version,
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {
-                    # The head schedules no replicas: GPUs stay for the tiers.
-                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    # The head takes the router replica, no tier replica: GPUs stay for the
+                    # tiers, and a tier replica needs more than the router's CPUs.
+                    "rayStartParams": {
+                        "num-cpus": str(math.ceil(ROUTER_CPUS)),
+                        "dashboard-host": "0.0.0.0",
+                    },
                     "template": pod_template(head, mt.spec.ray, mt.spec.ray.head),
                 },
                 "workerGroupSpecs": worker_groups(mt.spec, image),

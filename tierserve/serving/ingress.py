@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tierserve.api.v1alpha1 import RoutingMode
-from tierserve.names import INGRESS_DEPLOYMENT
+from tierserve.names import INGRESS_DEPLOYMENT, ROUTER_CPUS
 from tierserve.serving import routing, validation
 from tierserve.serving.cascade import CascadeEngine, Deadline, Outcome
 from tierserve.serving.config import IngressConfig, TierRef, config_hash
@@ -365,5 +365,5 @@ def make_app(ingress: TierIngress) -> FastAPI:
 
 # The Serve deployment: the late-bound ingress calls `__serve_build_asgi_app__` on each replica.
 deployment: Any = serve.deployment(
-    name=INGRESS_DEPLOYMENT, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5}
+    name=INGRESS_DEPLOYMENT, max_ongoing_requests=256, ray_actor_options={"num_cpus": ROUTER_CPUS}
 )(serve.ingress()(TierIngress))
