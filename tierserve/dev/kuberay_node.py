@@ -44,14 +44,12 @@ from tierserve.dev.controlplane.components import (
 from tierserve.dev.controlplane.kuberay import start_kuberay_operator
 from tierserve.dev.controlplane.node import NodeInfo, import_image, start_node, stop_node
 from tierserve.dev.controlplane.state import ControlPlaneInfo
+from tierserve.dev.operator_run import start_operator
 from tierserve.dev.proc import (
     ComponentError,
     Process,
     cache_dir,
-    free_port,
     interrupt_on_signals,
-    start,
-    wait_until,
 )
 
 SERVING_IMAGE = "localhost/tierserve/serving:0.1.0-cpu"
@@ -151,28 +149,13 @@ def start_tierserve_operator(
     cp: ControlPlaneInfo, state: Path, namespace: str | None, *, detach: bool
 ) -> Process:
     """`tierserve operator` as a host process (one namespace, or all with None)."""
-    health = free_port()
-    log = state / "logs" / "tierserve-operator.log"
-    argv = [sys.executable, "-m", "tierserve.cli", "operator", "--standalone"]
-    argv += ["-n", namespace] if namespace else ["--all-namespaces"]
-    argv += ["--metrics-port", "0", "--health", f"http://127.0.0.1:{health}/healthz"]
-    env = {"KUBECONFIG": str(cp.kubeconfig), "TIERSERVE_RESYNC_SECONDS": "5"}
-    proc = start(OPERATOR, argv, log=log, env=env, bind=not detach)
-    import httpx
-
-    try:
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-            timeout=60,
-            component=OPERATOR,
-            what="healthy",
-            log=log,
-            proc=proc.popen,
-        )
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_operator(
+        {"KUBECONFIG": str(cp.kubeconfig)},
+        namespace,
+        resync=5.0,
+        log=state / "logs" / "tierserve-operator.log",
+        bind=not detach,
+    )
 
 
 def up(
