@@ -7,17 +7,23 @@ export TIERSERVE_CACHE ?= $(HOME)/.cache/tierserve
 export HF_HUB_OFFLINE := 1
 BIN := .venv/bin
 
-.PHONY: help demo test unit integration lint crds deps venv system binaries models \
-        controlplane-up controlplane-down clean
+.PHONY: help demo demo-kuberay test unit integration lint crds deps venv system binaries models \
+        images node-binaries e2e-node controlplane-up controlplane-down clean
 
 help:
 	@echo "make demo   - the whole stack locally: Kubernetes control plane, operator, Prometheus,"
 	@echo "              Ray with two generated tiny models, a ModelTier applied with kubectl"
 	@echo "make test   - run the whole test suite against real components (installs what it needs)"
-	@echo "other targets: unit integration lint crds deps controlplane-up controlplane-down clean"
+	@echo "make demo-kuberay - the same on a real node: kubelet + containerd running the project's"
+	@echo "              images, the operator installed with helm, KubeRay (slow cold: see README)"
+	@echo "other targets: unit integration lint crds deps images e2e-node controlplane-up"
+	@echo "              controlplane-down clean"
 
 demo: venv system binaries models
 	$(BIN)/tierserve demo
+
+demo-kuberay: venv system binaries models node-binaries
+	$(BIN)/tierserve demo --backend kuberay
 
 test: deps lint
 	$(BIN)/pytest -m "unit or integration" tests
@@ -55,6 +61,20 @@ binaries: venv system
 
 models: venv
 	@$(BIN)/python -m tierserve.dev.tinymodels
+
+# The kuberay path on a real node: the node's binaries (kubelet, scheduler, kube-proxy,
+# containerd, CoreDNS), the images (debootstrap + buildah), and its end-to-end test, which
+# `make test` runs only when the images of this exact tree are already built.
+node-binaries: venv system binaries
+	@scripts/install-system.sh --node
+	@$(BIN)/python -m tierserve.dev.controlplane.node build
+
+images: venv system
+	@scripts/install-system.sh --node
+	@$(BIN)/python -m tierserve.dev.images build all
+
+e2e-node: deps node-binaries images
+	TIERSERVE_NODE_E2E=1 $(BIN)/pytest -m integration tests/integration/test_kuberay_node.py
 
 controlplane-up: venv system binaries
 	@$(BIN)/python -m tierserve.dev.controlplane up

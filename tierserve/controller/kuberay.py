@@ -59,15 +59,22 @@ class _ServiceStatus(_Status):
 
 class _RayServiceStatus(_Status):
     active_service_status: _ServiceStatus = Field(default_factory=_ServiceStatus)
+    pending_service_status: _ServiceStatus = Field(default_factory=_ServiceStatus)
 
 
 def observe(live: dict[str, Any] | None, app: str) -> Observed:
-    """Serve's status as KubeRay mirrors it, and the threshold in the live serveConfigV2."""
+    """Serve's status as KubeRay mirrors it, and the threshold in the live serveConfigV2.
+
+    The active cluster's application, or, while there is none (the first deployment, found
+    on the real node: KubeRay reports the cluster it is preparing as pending until the
+    application is RUNNING), the pending one's: per-tier progress shows from the start."""
     if live is None:
         return Observed()
     try:
         status = _RayServiceStatus.model_validate(live.get("status") or {})
-        seen = status.active_service_status.application_statuses.get(app)
+        seen = status.active_service_status.application_statuses.get(
+            app
+        ) or status.pending_service_status.application_statuses.get(app)
     except ValidationError:
         seen = None
     state = None

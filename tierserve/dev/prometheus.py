@@ -40,20 +40,27 @@ def find_binary() -> str:
 
 
 def scrape_config(
-    targets: Mapping[str, Sequence[str]], *, interval: str = "1s", self_port: int | None = None
+    targets: Mapping[str, Sequence[str]],
+    *,
+    interval: str = "1s",
+    self_port: int | None = None,
+    host: str = "127.0.0.1",
+    jobs: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """One job per name, each with its host:port targets; Prometheus scrapes itself too."""
-    jobs = [
+    """One job per name, each with its host:port targets, then `jobs` as given (e.g. a
+    kubernetes_sd_configs job); Prometheus scrapes itself too."""
+    scrape = [
         {"job_name": name, "static_configs": [{"targets": list(addrs)}]}
         for name, addrs in sorted(targets.items())
     ]
+    scrape += [dict(job) for job in jobs]
     if self_port is not None:
-        jobs.append(
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]}
+        scrape.append(
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{self_port}"]}]}
         )
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "scrape_configs": jobs,
+        "scrape_configs": scrape,
     }
 
 
@@ -65,10 +72,12 @@ class Prometheus:
     workdir: Path
     process: Process
     targets: dict[str, list[str]] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def query(self, promql: str, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Instant query through the HTTP API; returns the result vector."""
@@ -93,7 +102,9 @@ class Prometheus:
     def set_targets(self, targets: Mapping[str, Sequence[str]], interval: str = "1s") -> None:
         """Rewrites the scrape config and reloads it (needs --web.enable-lifecycle)."""
         self.targets = {k: list(v) for k, v in targets.items()}
-        cfg = scrape_config(self.targets, interval=interval, self_port=self.port)
+        cfg = scrape_config(
+            self.targets, interval=interval, self_port=self.port, host=self.host, jobs=self.jobs
+        )
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         r = httpx.post(f"{self.url}/-/reload", timeout=10)
         if r.status_code != 200:
@@ -110,13 +121,17 @@ def start_prometheus(
     workdir: Path | None = None,
     interval: str = "1s",
     timeout: float = 60.0,
+    host: str = "127.0.0.1",
+    jobs: Sequence[Mapping[str, Any]] = (),
 ) -> Prometheus:
+    """Starts Prometheus on `host`:`port` (loopback, or an address of a network the caller's
+    stack created, such as the local node's bridge so that pods reach it)."""
     binary = find_binary()
     port = port or free_port()
     require_free_port(COMPONENT, port)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tierserve-prometheus-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = scrape_config(targets or {}, interval=interval, self_port=port)
+    cfg = scrape_config(targets or {}, interval=interval, self_port=port, host=host, jobs=jobs)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     log = logs_dir() / f"prometheus-{port}.log"
     process = start(
@@ -125,7 +140,7 @@ def start_prometheus(
             binary,
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address={host}:{port}",
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=2h",
         ],
@@ -136,13 +151,15 @@ def start_prometheus(
         workdir=workdir,
         process=process,
         targets={k: list(v) for k, v in (targets or {}).items()},
+        host=host,
+        jobs=[dict(job) for job in jobs],
     )
     try:
         wait_until(
             lambda: httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200,
             timeout=timeout,
             component=COMPONENT,
-            what=f"ready on 127.0.0.1:{port}",
+            what=f"ready on {host}:{port}",
             log=log,
             proc=process.popen,
         )

@@ -74,8 +74,8 @@ LOOPBACK_ENV = {
 # Ray Serve's throughput-optimized mode (Ray >= 2.55; what Ray's docs recommend for serving):
 # no proxy actor (the ingress replica takes HTTP itself), gRPC between replicas, no extra
 # thread or event loop per replica. Measured on the tiny stack (bench/serving_peers.py), it
-# removes most of what the Serve path added to vLLM's own latency. The operator renders the
-# same setting into KubeRay pods (spec.ray.serveThroughputOptimized).
+# removes most of what the Serve path added to vLLM's own latency. KubeRay pods do not get it
+# yet: KubeRay's serve Service and readiness checks expect Serve's proxy on each pod.
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
