@@ -9,8 +9,9 @@ Four ways to serve the tiny `small` model, all on this machine, all bound to 127
   robin (one backend);
 - **litellm**: the LiteLLM proxy (PyPI `litellm[proxy]`) in front of that server;
 - **tierserve**: a one-tier ModelTier (mode `none`) on a local Ray head, deployed as the operator
-  deploys it: Serve's HTTP proxy -> the tierserve ingress (router) -> a `ray.serve.llm` LLMServer
-  with its own vLLM engine.
+  deploys it: the tierserve ingress (router) -> a `ray.serve.llm` LLMServer with its own vLLM
+  engine, in Serve's throughput-optimized mode (the ingress replica takes HTTP itself, gRPC
+  between replicas; `--serve-proxy` for the classic path through Serve's HTTP proxy actor).
 
 The peers are installed from PyPI into a separate environment (`--peers-env`) by this script,
 pinned (`--vllm-router`, `--litellm`); a peer that cannot be installed or started is reported and
@@ -641,9 +642,12 @@ class Hops:
                 return None
             return round(a - sum(b for b in bs if b is not None), 2)
 
+        # Serve's throughput-optimized mode (tierserve's local heads run it) has no proxy actor:
+        # the ingress replica takes HTTP itself, and the proxy's histograms stay empty.
+        outermost = m["http"] if m["http"] is not None else m["ingress"]
         return {
             "client_mean": round(client_mean_ms, 2),
-            "client_and_network": minus(client_mean_ms, m["http"]),
+            "client_and_network": minus(client_mean_ms, outermost),
             "proxy": minus(m["http"], m["ingress"]),
             "proxy_of_which_queue_for_ingress": _r(m["proxy_queue"]),
             "ingress": minus(m["ingress"], m["llm_server"], m["handle_queue"]),
@@ -737,10 +741,8 @@ async def measure(
         if target.engine_metrics == "vllm":
             return [(VLLM_E2E, lambda _l: True, answered)]
         probes = Hops(app).probes()
-        return [
-            (probes[k][0], probes[k][1], answered)
-            for k in ("http", "ingress", "llm_server", "engine")
-        ]
+        # No "http": in throughput-optimized mode there is no proxy to count the requests.
+        return [(probes[k][0], probes[k][1], answered) for k in ("ingress", "llm_server", "engine")]
 
     async def one_round(
         target: Target, batch: list[str], concurrency: int
@@ -854,6 +856,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--streams", type=int, default=1000, help="0: no stream test")
     parser.add_argument("--warmup", type=int, default=16)
+    parser.add_argument(
+        "--serve-proxy",
+        action="store_true",
+        help="tierserve through Serve's HTTP proxy actor (not throughput-optimized mode)",
+    )
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--peers-env", type=Path, default=cache_dir() / "bench-peers-venv")
     parser.add_argument("--vllm-router", default=PEER_SPECS["vllm-router"], help="pip spec")
@@ -914,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"==> plain vLLM: {shown} <finer latency buckets>")
         if "tierserve" in args.targets:
             say("==> tierserve: a Ray head and a one-tier ModelTier (mode none)")
-            head = start_ray_head(env=SERVE_BUCKETS_ENV)
+            head = start_ray_head(env=SERVE_BUCKETS_ENV, throughput_optimized=not args.serve_proxy)
             serve_on_loopback(head.dashboard_url, head.serve_http_port)
             doc = modeltier(tier_models, head.dashboard_url)
             tiered = TieredApp(doc, head.serve_url)
@@ -1051,11 +1058,11 @@ def tables(report: dict[str, Any]) -> list[str]:
     if report.get("hops"):
         rows = [
             (
-                "before Serve's proxy times it: client, network, the proxy's accept and event "
-                "loop (client mean - proxy latency)",
+                "before Serve times it: client, network, accept and event loop (client mean - "
+                "proxy latency, or ingress processing when there is no proxy)",
                 "client_and_network",
             ),
-            ("Serve proxy (proxy latency - ingress processing)", "proxy"),
+            ("Serve proxy (proxy latency - ingress processing; - without a proxy)", "proxy"),
             ("  of which: waiting for an ingress replica", "proxy_of_which_queue_for_ingress"),
             ("ingress (ingress - LLMServer processing - handle queue)", "ingress"),
             ("  of which: routing decision", "ingress_of_which_routing_decision"),
