@@ -1,9 +1,10 @@
 """Shadow evaluation's cost to users, on the live local stack (not a test: it prints figures).
 
 A two-tier tiny-model cascade with every answer kept on `small` (threshold 1.0), so every
-request is a shadow candidate. Rounds alternate (ABBA) between shadow off and shadow on with
-`sampleRate: 1` and `maxConcurrent: 1`, at a client concurrency that keeps the stack busy. It
-prints the users' p50/p99 latency and errors in both, and, for shadow on, the most shadow
+request is a shadow candidate. Rounds alternate (ABCCBA) between shadow off, shadow on with
+`sampleRate: 1` and `maxConcurrent: 1`, and the same guarded by `maxUserInFlight` (half the
+client's concurrency: shadows are dropped first while users keep the router busy), at a client
+concurrency that keeps the stack busy. It prints the users' p50/p99 latency and errors in both, and, for shadow on, the most shadow
 evaluations ever seen in flight: `ray_tierserve_shadow_in_flight` read from Ray's metrics
 exporter every 0.5 s (Ray exports every few seconds, so this samples the gauge; the bound itself
 is enforced per replica by `ShadowGate`), with the verdicts and drops counted.
@@ -89,17 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         app = TieredApp(doc, head.serve_url)
         app.deploy(progress=print)
-        on = {"sampleRate": 1.0, "maxConcurrent": 1}
-        off = {"sampleRate": 0.0}
+        variants = {
+            "off": {"sampleRate": 0.0},
+            # maxUserInFlight None: route() merges into the previous shadow settings.
+            "on": {"sampleRate": 1.0, "maxConcurrent": 1, "maxUserInFlight": None},
+            # Shadows only while the router replica has at most half the client's concurrency
+            # of user requests in flight: dropped first under load (reason `load`).
+            "on-guarded": {
+                "sampleRate": 1.0,
+                "maxConcurrent": 1,
+                "maxUserInFlight": max(1, args.concurrency // 2),
+            },
+        }
         asyncio.run(one_round(app, head, prompts[:16], 4, False))  # warm up
-        collected: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        collected: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         before = series(head, "ray_tierserve_shadow_verdicts_total", app.model)
         dropped_before = series(head, "ray_tierserve_shadow_dropped_total", app.model)
         for i in range(args.rounds):
-            for name in ("off", "on", "on", "off"):
-                app.route(shadow=on if name == "on" else off)
+            order = ["off", "on", "on-guarded"]
+            for name in order + order[::-1]:  # ABCCBA
+                app.route(shadow=variants[name])
                 batch = [prompts[(i * 7 + j) % len(prompts)] for j in range(args.requests)]
-                got = asyncio.run(one_round(app, head, batch, args.concurrency, name == "on"))
+                got = asyncio.run(one_round(app, head, batch, args.concurrency, name != "off"))
                 collected[name].append(got)
                 print(
                     f"round {i} shadow {name}: p50 {1000 * percentile(got['latencies'], 0.5):.0f}"
@@ -134,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     summary["shadow_dropped"] = delta(dropped, dropped_before)
     print(json.dumps(summary, indent=2))
     out = {
-        "what": "users' latency with shadow evaluation off vs on (sampleRate 1, maxConcurrent 1);"
-        " tiny two-tier cascade, every answer kept on small; max_tokens 4",
+        "what": "users' latency with shadow evaluation off vs on (sampleRate 1, maxConcurrent 1)"
+        " vs on-guarded (also maxUserInFlight concurrency/2); tiny two-tier cascade, every answer"
+        " kept on small; max_tokens 4",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "concurrency": args.concurrency,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
