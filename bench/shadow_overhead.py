@@ -4,10 +4,11 @@ A two-tier tiny-model cascade with every answer kept on `small` (threshold 1.0),
 request is a shadow candidate. Rounds alternate (ABCCBA) between shadow off, shadow on with
 `sampleRate: 1` and `maxConcurrent: 1`, and the same guarded by `maxUserInFlight` (half the
 client's concurrency: shadows are dropped first while users keep the router busy), at a client
-concurrency that keeps the stack busy. It prints the users' p50/p99 latency and errors in both, and, for shadow on, the most shadow
-evaluations ever seen in flight: `ray_tierserve_shadow_in_flight` read from Ray's metrics
-exporter every 0.5 s (Ray exports every few seconds, so this samples the gauge; the bound itself
-is enforced per replica by `ShadowGate`), with the verdicts and drops counted.
+concurrency that keeps the stack busy. It prints the users' p50/p99 latency and errors in each,
+and, with shadows on, the most shadow evaluations ever seen in flight:
+`ray_tierserve_shadow_in_flight` read from Ray's metrics exporter every 0.5 s (Ray exports every
+few seconds, so this samples the gauge; the bound itself is enforced per replica by
+`ShadowGate`), with the verdicts and drops counted.
 
 Run from the repository root: `.venv/bin/python -m bench.shadow_overhead [--requests 200]`
 """
