@@ -355,3 +355,15 @@ def test_hadolint(dockerfile: str) -> None:
         [hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_dev_harness_is_kept_out_of_the_images_and_their_keys() -> None:
+    """.dockerignore keeps tierserve/dev out of both images (no runtime layer imports it: the
+    import contracts), and the local build's key skips it too, so a harness edit rebuilds
+    nothing; a runtime file is in the key."""
+    from tierserve.dev import images
+
+    assert "tierserve/dev" in images.ignored_dirs()
+    keyed = {str(p.relative_to(ROOT)) for p in images._context_files()}
+    assert not any(k.startswith("tierserve/dev/") for k in keyed)
+    assert "tierserve/serving/ingress.py" in keyed and "pyproject.toml" in keyed

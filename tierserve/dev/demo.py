@@ -314,8 +314,8 @@ def _kuberay(port: int, models: TinyModels, stops: list[tuple[str, Callable[[], 
     """Control plane + a real node (containerd, kubelet, kube-proxy, CoreDNS) + the KubeRay
     operator + `helm install` of the tierserve chart (the operator as a pod from its image);
     the ModelTier becomes a RayService whose pods run the serving image (backend: kuberay).
-    Prometheus discovers the Ray pods through the API server and listens on the node's bridge,
-    where the operator's pod reaches it."""
+    Prometheus scrapes the Ray pods (listed through the API server) and listens on the node's
+    bridge, where the operator's pod reaches it."""
     from tierserve.dev import images, kuberay_node
     from tierserve.dev.controlplane.node import BRIDGE_IP
 
@@ -328,10 +328,11 @@ def _kuberay(port: int, models: TinyModels, stops: list[tuple[str, Callable[[], 
     kubectl = Kubectl(stack.cp)
     kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace_doc()))
 
-    say("==> prometheus: discovering the Ray pods through the API server (router, vLLM series)")
-    prom = start_prometheus(
-        host=BRIDGE_IP, interval="2s", jobs=[ray_pods_job(stack.cp.kubeconfig, NAMESPACE)]
-    )
+    say("==> prometheus: scraping the Ray pods (router and vLLM series), listed by kubectl")
+    targets_file = stack.state_dir / "ray-pods.json"
+    discovery = RayPodTargets(kubectl, targets_file)
+    stops.append(("pod discovery", discovery.stop))
+    prom = start_prometheus(host=BRIDGE_IP, interval="2s", jobs=[ray_pods_job(targets_file)])
     stops.append(("prometheus", prom.stop))
     say(f"    {prom.url}")
 
@@ -361,23 +362,61 @@ def _kuberay(port: int, models: TinyModels, stops: list[tuple[str, Callable[[], 
     )
 
 
-def ray_pods_job(kubeconfig: Path, namespace: str) -> dict[str, Any]:
-    """A Prometheus job scraping Ray's metrics exporter (port 8080, KubeRay's default
-    metrics-export-port) on every Ray pod of `namespace`, found by kubernetes_sd."""
+RAY_METRICS_PORT = 8080  # KubeRay's default metrics-export-port on every Ray pod
+
+
+def ray_pods_job(targets_file: Path) -> dict[str, Any]:
+    """A Prometheus job scraping the targets `RayPodTargets` writes (file_sd: Debian's
+    Prometheus is built without kubernetes_sd, so the demo discovers the pods itself)."""
     return {
         "job_name": "ray",
-        "kubernetes_sd_configs": [
-            {"role": "pod", "kubeconfig_file": str(kubeconfig),
-             "namespaces": {"names": [namespace]}}
-        ],
-        "relabel_configs": [
-            {"source_labels": ["__meta_kubernetes_pod_label_ray_io_node_type"], "regex": ".+",
-             "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_ip"], "target_label": "__address__",
-             "replacement": "${1}:8080"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
-    }  # fmt: skip
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+    }
+
+
+def ray_pod_targets(pods: dict[str, Any]) -> list[dict[str, Any]]:
+    """file_sd target groups for the running Ray pods in a `kubectl get pods -o json` list."""
+    groups = []
+    for pod in pods.get("items", []):
+        labels = pod["metadata"].get("labels") or {}
+        ip = (pod.get("status") or {}).get("podIP")
+        if "ray.io/node-type" in labels and ip and pod["status"].get("phase") == "Running":
+            groups.append(
+                {
+                    "targets": [f"{ip}:{RAY_METRICS_PORT}"],
+                    "labels": {"pod": pod["metadata"]["name"]},
+                }
+            )
+    return groups
+
+
+class RayPodTargets:
+    """Keeps `path` (Prometheus file_sd) listing the Ray pods of NAMESPACE, every 5 s, on a
+    daemon thread until `stop()`."""
+
+    def __init__(self, kubectl: Kubectl, path: Path):
+        self.kubectl, self.path = kubectl, path
+        self.path.write_text("[]")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ray-pod-targets", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            out = self.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json", check=False)
+            try:
+                groups = ray_pod_targets(json.loads(out))
+            except (json.JSONDecodeError, KeyError):
+                groups = None
+            if groups is not None:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(groups))
+                tmp.replace(self.path)  # Prometheus never reads half a file
+            self._stop.wait(5.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=130)
 
 
 def demo(port: int = 8000, seconds: float = 60.0, backend: str = "external") -> int:

@@ -385,7 +385,20 @@ def _import_base(tarball: Path, key: str) -> None:
 # ---- The images
 
 
+def ignored_dirs() -> tuple[str, ...]:
+    """The directories .dockerignore keeps out of the build context (plain paths only)."""
+    path = ROOT / ".dockerignore"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return tuple(
+        line.strip().rstrip("/")
+        for line in lines
+        if line.strip() and not line.startswith("#") and "*" not in line
+    )
+
+
 def _context_files() -> list[Path]:
+    """What the Dockerfiles' COPY instructions take in, .dockerignore applied."""
+    ignored = ignored_dirs()
     files: list[Path] = []
     for rel in CONTEXT:
         path = ROOT / rel
@@ -393,7 +406,10 @@ def _context_files() -> list[Path]:
             files += [
                 p
                 for p in path.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+                if p.is_file()
+                and "__pycache__" not in p.parts
+                and p.suffix != ".pyc"
+                and not any(p.relative_to(ROOT).is_relative_to(d) for d in ignored)
             ]
         else:
             files.append(path)
