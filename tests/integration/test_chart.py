@@ -253,6 +253,7 @@ def expected_rules(peering: str | None = None) -> set[tuple[str, str, str]]:
         ("ray.io", "rayservices", "create"),
         ("ray.io", "rayservices", "patch"),
         ("", "events", "create"),
+        ("", "pods", "list"),
     }
     if peering:
         rules |= {("kopf.dev", peering, v) for v in ("list", "watch", "patch")}
@@ -1046,6 +1047,8 @@ CAN_I: list[tuple[str, bool]] = [
     ("get rayclusters.ray.io", False),
     ("get secrets", False),
     ("list configmaps", False),
+    ("list pods", True),  # read only: pods that cannot run show as Degraded
+    ("delete pods", False),
     ("create pods", False),
     ("create pods --subresource=exec", False),
     ("list namespaces", False),

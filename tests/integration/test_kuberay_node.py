@@ -162,6 +162,8 @@ def test_a_kuberay_modeltier_serves_through_the_rayservice(
                 assert r.status_code == 200, r.text
                 body = r.json()
                 tiers.add(body["tierserve"]["tier"])
+                # The cascade: an answer from 'large' is an escalation, one from 'small' is not.
+                assert body["tierserve"]["escalated"] == (body["tierserve"]["tier"] == "large")
                 correct += body["choices"][0]["text"].strip() == example["answer"]
             bad = http.post(f"{base}/completions", json={"model": NAME, "prompt": 7})
     finally:
@@ -180,3 +182,48 @@ def test_deleting_the_modeltier_removes_its_rayservice(
         lambda: get(stack, "rayservice", NAME) is None, timeout=120, component="RayService",
         what="deleted", interval=2,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "break_it", "expected"),
+    [
+        (
+            "node-noimage",
+            lambda ray: ray.update(image="localhost/tierserve/does-not-exist:0"),
+            "ErrImageNeverPull",
+        ),
+        (
+            "node-nosecret",
+            lambda ray: ray.update(hubTokenSecret={"name": "no-such-secret"}),
+            "CreateContainerConfigError",
+        ),
+    ],
+)
+def test_pods_that_cannot_run_show_as_degraded_with_the_kubelets_message(
+    stack: kuberay_node.Stack, name: str, break_it: Any, expected: str
+) -> None:
+    """Bad input on this path is not a silent Pending: the ModelTier says which pod cannot run
+    and why, in the kubelet's words. Runs after the serving tests (whose pods are gone by
+    then); the requests are tiny, so these pods are placed and fail for the intended reason."""
+    doc = kuberay_node.tiny_kuberay_modeltier(name, NAMESPACE)
+    for shape in [doc["spec"]["ray"]["head"], *(t["pod"] for t in doc["spec"]["tiers"])]:
+        shape["resources"]["requests"] = {"cpu": "10m", "memory": "64Mi"}
+    break_it(doc["spec"]["ray"])
+    kubectl(stack.cp, "apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+
+        def degraded() -> dict[str, Any]:
+            status = (get(stack, "modeltier", name) or {}).get("status") or {}
+            cond = condition(status, "Degraded")
+            return status if cond.get("reason") == "PodsFailing" else {}
+
+        status = wait_until(
+            degraded, timeout=180, component="ModelTier", what="Degraded (PodsFailing)",
+            interval=3, retry=(ComponentError,),
+        )  # fmt: skip
+        cond = condition(status, "Degraded")
+        assert cond["status"] == "True" and expected in cond["message"], cond
+        assert condition(status, "Ready")["status"] == "False"
+    finally:
+        kubectl(stack.cp, "delete", "modeltier", name, "-n", NAMESPACE, "--wait=true",
+                "--timeout=120s", timeout=150)  # fmt: skip

@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tierserve.api.v1alpha1 import ConditionReason, ConditionType, ModelTier, ModelTierStatus
 from tierserve.build import render
+from tierserve.controller import kuberay
 from tierserve.controller import status as st
 from tierserve.controller.backend import Action, AppState, BackendError, DeploymentState
 from tierserve.controller.kuberay import APPLY, FIELD_MANAGER, KubeRay, observe
@@ -238,3 +239,84 @@ def test_kuberay_api_errors_become_condition_reasons(
     with pytest.raises(BackendError) as err:
         run(KubeRay(mt(), api), 0.6)  # type: ignore[arg-type]
     assert err.value.reason == reason and message in str(err.value)
+
+
+def waiting_pod(name: str, reason: str, message: str = "") -> dict[str, Any]:
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    return {
+        "metadata": {"name": name},
+        "status": {"containerStatuses": [{"name": "ray", "state": {"waiting": waiting}}]},
+    }
+
+
+def test_pods_that_cannot_run_are_named_in_the_kubelets_words() -> None:
+    pods = [
+        waiting_pod(
+            "w-1", "ErrImageNeverPull", 'image "x:1" is not present with pull policy Never'
+        ),
+        waiting_pod("w-2", "ContainerCreating"),  # on its way: not a problem
+        waiting_pod("h", "CreateContainerConfigError", 'secret "hf-token" not found'),
+        {
+            "metadata": {"name": "w-3"},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes: Insufficient cpu",
+                    }
+                ]
+            },
+        },
+        {"metadata": {"name": "ok"}, "status": {"phase": "Running"}},
+    ]
+    assert kuberay.pod_problems(pods) == (
+        'pod h: CreateContainerConfigError: secret "hf-token" not found',
+        'pod w-1: ErrImageNeverPull: image "x:1" is not present with pull policy Never',
+        "pod w-3: Unschedulable: 0/1 nodes: Insufficient cpu",
+    )
+    assert kuberay.pod_problems([]) == ()
+
+
+def test_failing_pods_make_the_modeltier_degraded_without_hiding_a_serving_one() -> None:
+    problems = tuple(f"pod w-{i}: CrashLoopBackOff: back-off" for i in range(5))
+    tiers = st.tier_statuses(mt(), None)
+    got = {t: (ok, r, m) for t, ok, r, m in st.serving_conditions(None, None, tiers, "a", problems)}
+    ok, reason, message = got[ConditionType.DEGRADED]
+    assert (ok, reason) == (True, ConditionReason.PODS_FAILING)
+    assert message.startswith("pod w-0: CrashLoopBackOff") and "(and 2 more)" in message
+    assert got[ConditionType.READY][:2] == (False, ConditionReason.PODS_FAILING)
+    # The application serves (e.g. one extra worker crash-loops): Ready stays, Degraded says it.
+    app = healthy()
+    tiers = st.tier_statuses(mt(), app)
+    got = {t: (ok, r, m) for t, ok, r, m in st.serving_conditions(app, None, tiers, "a", problems)}
+    assert got[ConditionType.READY][0] is True and got[ConditionType.DEGRADED][0] is True
+
+
+class FakeCore:
+    """CoreV1Api's pod listing, with the label selector checked."""
+
+    def __init__(self, pods: dict[str, list[dict[str, Any]]], fail: Exception | None = None):
+        self.pods, self.fail = pods, fail
+
+    def list_namespaced_pod(self, ns: str, label_selector: str, **kw: Any) -> Any:
+        if self.fail is not None:
+            raise self.fail
+        from types import SimpleNamespace
+
+        cluster = label_selector.removeprefix("ray.io/cluster=")
+        return SimpleNamespace(items=self.pods.get(cluster, []))
+
+
+def test_kuberay_reads_pod_problems_of_the_rayservices_clusters() -> None:
+    api = FakeCustomObjects()
+    api.live = render.ray_service(mt(), threshold=0.7)
+    api.live["status"] = {"pendingServiceStatus": {"rayClusterName": "c1"}}
+    core = FakeCore({"c1": [waiting_pod("c1-head", "ErrImagePull", "not found")], "c2": []})
+    seen = asyncio.run(KubeRay(mt(), api, core).observe())  # type: ignore[arg-type]
+    assert seen.pod_problems == ("pod c1-head: ErrImagePull: not found",)
+    # Listing refused (an older chart without `pods: list`): the rest of the status holds.
+    refused = FakeCore({}, fail=ApiException(status=403))
+    seen = asyncio.run(KubeRay(mt(), api, refused).observe())  # type: ignore[arg-type]
+    assert seen.pod_problems == () and seen.threshold == 0.7

@@ -1412,6 +1412,7 @@ class ConditionReason(StrEnum):
     BLOCKED = "Blocked"
     AS_EXPECTED = "AsExpected"
     APPLICATION_FAILED = "ApplicationFailed"
+    PODS_FAILING = "PodsFailing"
     INVALID_SPEC = "InvalidSpec"
     RAY_SERVICE_CRD_MISSING = "RayServiceCRDMissing"
     RAY_SERVICE_REJECTED = "RayServiceRejected"

@@ -46,6 +46,9 @@ class Observed:
 
     app: AppState | None = None
     threshold: float | None = None
+    # Pods of the application that cannot run, one line each ("pod x: ErrImagePull: ..."):
+    # what Serve never reports because its actors never start (kuberay only).
+    pod_problems: tuple[str, ...] = ()
 
 
 class BackendError(Exception):

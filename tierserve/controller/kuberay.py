@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any, cast
 
+import urllib3
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -60,6 +62,62 @@ class _ServiceStatus(_Status):
 class _RayServiceStatus(_Status):
     active_service_status: _ServiceStatus = Field(default_factory=_ServiceStatus)
     pending_service_status: _ServiceStatus = Field(default_factory=_ServiceStatus)
+
+
+# A container waiting for one of these will not start without a change (to the spec, a Secret,
+# the image, the node): the kubelet's own reason and message say which.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+def cluster_names(live: dict[str, Any] | None) -> list[str]:
+    """The RayClusters a RayService runs on (active, and pending during a change)."""
+    status = (live or {}).get("status") or {}
+    names = [
+        (status.get(key) or {}).get("rayClusterName")
+        for key in ("activeServiceStatus", "pendingServiceStatus")
+    ]
+    return [n for n in names if isinstance(n, str) and n]
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> tuple[str, ...]:
+    """One line per pod that cannot run, in the kubelet's and scheduler's own words: a
+    container stuck waiting (STUCK_REASONS) or a pod the scheduler cannot place."""
+    out = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        found = ""
+        statuses = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                message = waiting.get("message") or ""
+                found = f"{waiting['reason']}{': ' + message if message else ''}"
+                break
+        if not found:
+            for cond in status.get("conditions") or []:
+                if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                    "PodScheduled",
+                    "False",
+                    "Unschedulable",
+                ):
+                    found = f"Unschedulable: {cond.get('message') or ''}".rstrip(": ")
+        if found:
+            out.append(f"pod {name}: {found}")
+    return tuple(sorted(out))
 
 
 def observe(live: dict[str, Any] | None, app: str) -> Observed:
@@ -121,9 +179,16 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
 class KubeRay:
     kind = "RayService"
 
-    def __init__(self, mt: ModelTier, api: client.CustomObjectsApi | None = None):
+    def __init__(
+        self,
+        mt: ModelTier,
+        api: client.CustomObjectsApi | None = None,
+        core: client.CoreV1Api | None = None,
+    ):
         self.mt = mt
         self.api = api or client.CustomObjectsApi()
+        self.core = core or client.CoreV1Api()
+        self._pods: tuple[str, ...] = ()
         self.name = mt.metadata["name"]
         self.namespace = mt.metadata.get("namespace", "default")
         self.application = self.name  # one application per RayService: no namespacing needed
@@ -162,10 +227,25 @@ class KubeRay:
         except ApiException as exc:
             raise _error(exc) from exc
 
+    def _pod_problems(self, live: dict[str, Any] | None) -> tuple[str, ...]:
+        """Pods of the RayService's clusters that cannot run; () when they cannot be listed
+        (an older chart without the `pods: list` rule): the rest of the status still holds."""
+        pods: list[dict[str, Any]] = []
+        for cluster in cluster_names(live):
+            try:
+                found = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=f"ray.io/cluster={cluster}", _request_timeout=10
+                )
+            except (ApiException, urllib3.exceptions.HTTPError):
+                return ()
+            pods += [client.ApiClient().sanitize_for_serialization(p) for p in found.items]
+        return pod_problems(pods)
+
     async def observe(self) -> Observed:
         self._live = await asyncio.to_thread(self._get)
         self._observed = True
-        return observe(self._live, self.application)
+        self._pods = await asyncio.to_thread(self._pod_problems, self._live)
+        return replace(observe(self._live, self.application), pod_problems=self._pods)
 
     async def apply(self, threshold: float) -> tuple[Action, Observed]:
         desired = render.ray_service(self.mt, threshold=threshold)
@@ -178,7 +258,7 @@ class KubeRay:
             action = Action.CREATED
         else:
             action = Action.UPDATED if _changed(before, after) else Action.UNCHANGED
-        return action, observe(after, self.application)
+        return action, replace(observe(after, self.application), pod_problems=self._pods)
 
     async def remove(self) -> bool:
         return False  # the ownerReference lets garbage collection remove the RayService

@@ -159,7 +159,9 @@ async def _reconcile(body: Mapping[str, Any], state: ObjectState, deps: Deps) ->
     backend = deps.backend_for(mt)
     done = await _drive(mt, backend, params, state, deps, started)
     tiers = st.tier_statuses(mt, done.seen.app)
-    specs = st.serving_conditions(done.seen.app, done.error, tiers, backend.application)
+    specs = st.serving_conditions(
+        done.seen.app, done.error, tiers, backend.application, done.seen.pod_problems
+    )
     escalation, metrics = _escalation(mt, previous, done, now)
     desired = ModelTierStatus(
         observed_generation=generation,

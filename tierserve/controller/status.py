@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -175,8 +176,11 @@ def serving_conditions(
     error: BackendError | None,
     tiers: list[TierStatus],
     application: str,
+    pod_problems: Sequence[str] = (),
 ) -> list[tuple[ConditionType, bool, ConditionReason, str]]:
-    """Ready, Progressing and Degraded from Serve's report or the backend's error."""
+    """Ready, Progressing and Degraded from Serve's report, the backend's error, or pods that
+    cannot run (an image that does not exist, a missing Secret, a crash loop): those keep
+    Serve at DEPLOYING for ever, so they are named instead of a silent "deploying"."""
     state = app.status if app else ""
     router = app.deployments.get(INGRESS_DEPLOYMENT) if app else None
     ready_count = sum(t.ready for t in tiers)
@@ -186,6 +190,10 @@ def serving_conditions(
     elif app is not None and state in FAILED_APP_STATES:
         message = _one_line(app.message) or f"Serve application is {state}"
         degraded = (True, Reason.APPLICATION_FAILED, message)
+    elif pod_problems:
+        shown = "; ".join(pod_problems[:3])
+        more = f" (and {len(pod_problems) - 3} more)" if len(pod_problems) > 3 else ""
+        degraded = (True, Reason.PODS_FAILING, _one_line(shown) + more)
     else:
         degraded = (False, Reason.AS_EXPECTED, "no errors")
 
