@@ -642,8 +642,7 @@ class Hops:
                 return None
             return round(a - sum(b for b in bs if b is not None), 2)
 
-        # Serve's throughput-optimized mode (tierserve's local heads run it) has no proxy actor:
-        # the ingress replica takes HTTP itself, and the proxy's histograms stay empty.
+        # Without the HTTP latency histogram (none exported yet), the ingress is the outermost.
         outermost = m["http"] if m["http"] is not None else m["ingress"]
         return {
             "client_mean": round(client_mean_ms, 2),
@@ -741,7 +740,7 @@ async def measure(
         if target.engine_metrics == "vllm":
             return [(VLLM_E2E, lambda _l: True, answered)]
         probes = Hops(app).probes()
-        # No "http": in throughput-optimized mode there is no proxy to count the requests.
+        # Not "http": where it is counted (proxy actor or direct ingress) varies with the mode.
         return [(probes[k][0], probes[k][1], answered) for k in ("ingress", "llm_server", "engine")]
 
     async def one_round(
@@ -1059,10 +1058,14 @@ def tables(report: dict[str, Any]) -> list[str]:
         rows = [
             (
                 "before Serve times it: client, network, accept and event loop (client mean - "
-                "proxy latency, or ingress processing when there is no proxy)",
+                "Serve's HTTP latency)",
                 "client_and_network",
             ),
-            ("Serve proxy (proxy latency - ingress processing; - without a proxy)", "proxy"),
+            (
+                "Serve's HTTP layer: the proxy actor, or with direct ingress (throughput-"
+                "optimized) the ingress replica's own (HTTP latency - ingress processing)",
+                "proxy",
+            ),
             ("  of which: waiting for an ingress replica", "proxy_of_which_queue_for_ingress"),
             ("ingress (ingress - LLMServer processing - handle queue)", "ingress"),
             ("  of which: routing decision", "ingress_of_which_routing_decision"),

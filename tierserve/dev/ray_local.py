@@ -72,10 +72,11 @@ LOOPBACK_ENV = {
 }
 
 # Ray Serve's throughput-optimized mode (Ray >= 2.55; what Ray's docs recommend for serving):
-# no proxy actor (the ingress replica takes HTTP itself), gRPC between replicas, no extra
-# thread or event loop per replica. Measured on the tiny stack (bench/serving_peers.py), it
-# removes most of what the Serve path added to vLLM's own latency. KubeRay pods do not get it
-# yet: KubeRay's serve Service and readiness checks expect Serve's proxy on each pod.
+# direct ingress (the ingress replica takes HTTP itself), gRPC between replicas, no extra
+# thread or event loop per replica. On the tiny stack it raised c8 throughput from 24.6 to 40.6
+# req/s in an A/B; bench/serving_peers.py still finds the Serve path at about a third of a
+# plain vLLM server's throughput on 2 cores (bench/results/serving_peers). KubeRay pods do not
+# get it yet: KubeRay's serve Service and readiness checks expect Serve's proxy on each pod.
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
