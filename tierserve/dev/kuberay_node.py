@@ -155,7 +155,10 @@ def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | No
     """`helm upgrade --install` of charts/tierserve with the locally built operator image (never
     pulled): the operator runs as the chart's Deployment, under its ServiceAccount and RBAC,
     in OPERATOR_NAMESPACE, and reaches the API server in-cluster (the `kubernetes` Service).
-    The chart ships the CRDs. Waits (bounded) until the pod is ready."""
+    The chart ships the CRDs, but helm never upgrades a CRD that exists (etcd outlives `down`
+    here, as a cluster outlives a release): they are applied server-side first, as the chart's
+    README tells users to on every upgrade. Waits (bounded) until the pod is ready."""
+    apply_tierserve_crds(cp)
     from tierserve.dev.controlplane.build import ensure_helm
     from tierserve.dev.images import REFS
 
