@@ -205,6 +205,12 @@ def test_pods_that_cannot_run_show_as_degraded_with_the_kubelets_message(
     """Bad input on this path is not a silent Pending: the ModelTier says which pod cannot run
     and why, in the kubelet's words. Runs after the serving tests (whose pods are gone by
     then); the requests are tiny, so these pods are placed and fail for the intended reason."""
+    # The serving tests' pods hold most of the node's CPU until they have terminated.
+    wait_until(
+        lambda: not (get(stack, "pods", "-l", "ray.io/node-type") or {}).get("items"),
+        timeout=180, component="pods", what="gone from earlier tests", interval=3,
+        retry=(ComponentError,),
+    )  # fmt: skip
     doc = kuberay_node.tiny_kuberay_modeltier(name, NAMESPACE)
     for shape in [doc["spec"]["ray"]["head"], *(t["pod"] for t in doc["spec"]["tiers"])]:
         shape["resources"]["requests"] = {"cpu": "10m", "memory": "64Mi"}
@@ -215,12 +221,18 @@ def test_pods_that_cannot_run_show_as_degraded_with_the_kubelets_message(
         def degraded() -> dict[str, Any]:
             status = (get(stack, "modeltier", name) or {}).get("status") or {}
             cond = condition(status, "Degraded")
-            return status if cond.get("reason") == "PodsFailing" else {}
+            found = cond.get("reason") == "PodsFailing" and expected in cond.get("message", "")
+            return status if found else {}
 
-        status = wait_until(
-            degraded, timeout=180, component="ModelTier", what="Degraded (PodsFailing)",
-            interval=3, retry=(ComponentError,),
-        )  # fmt: skip
+        try:
+            status = wait_until(
+                degraded, timeout=180, component="ModelTier",
+                what=f"Degraded (PodsFailing, {expected})", interval=3, retry=(ComponentError,),
+            )  # fmt: skip
+        except ComponentError as exc:
+            seen = (get(stack, "modeltier", name) or {}).get("status")
+            pods = kubectl(stack.cp, "get", "pods", "-A", "-o", "wide").stdout
+            raise AssertionError(f"{exc}\nstatus: {seen}\npods:\n{pods}") from exc
         cond = condition(status, "Degraded")
         assert cond["status"] == "True" and expected in cond["message"], cond
         assert condition(status, "Ready")["status"] == "False"

@@ -271,9 +271,12 @@ def test_pods_that_cannot_run_are_named_in_the_kubelets_words() -> None:
         },
         {"metadata": {"name": "ok"}, "status": {"phase": "Running"}},
     ]
-    assert kuberay.pod_problems(pods) == (
+    unschedulable = dict(pods[3], metadata={"name": "a-first-by-name"})
+    # Stuck containers first (definite), then Unschedulable (may pass), each by name.
+    assert kuberay.pod_problems([unschedulable, *pods]) == (
         'pod h: CreateContainerConfigError: secret "hf-token" not found',
         'pod w-1: ErrImageNeverPull: image "x:1" is not present with pull policy Never',
+        "pod a-first-by-name: Unschedulable: 0/1 nodes: Insufficient cpu",
         "pod w-3: Unschedulable: 0/1 nodes: Insufficient cpu",
     )
     assert kuberay.pod_problems([]) == ()

@@ -93,7 +93,7 @@ def cluster_names(live: dict[str, Any] | None) -> list[str]:
 def pod_problems(pods: list[dict[str, Any]]) -> tuple[str, ...]:
     """One line per pod that cannot run, in the kubelet's and scheduler's own words: a
     container stuck waiting (STUCK_REASONS) or a pod the scheduler cannot place."""
-    out = []
+    out: list[tuple[bool, str]] = []
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "?")
         status = pod.get("status") or {}
@@ -116,8 +116,10 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[str, ...]:
                 ):
                     found = f"Unschedulable: {cond.get('message') or ''}".rstrip(": ")
         if found:
-            out.append(f"pod {name}: {found}")
-    return tuple(sorted(out))
+            # A stuck container is definite; Unschedulable may pass (pods terminating, a node
+            # being added), so it comes after them in the (truncated) condition message.
+            out.append((found.startswith("Unschedulable"), f"pod {name}: {found}"))
+    return tuple(line for _, line in sorted(out))
 
 
 def observe(live: dict[str, Any] | None, app: str) -> Observed:
