@@ -1,14 +1,21 @@
 """Shadow evaluation's cost to users, on the live local stack (not a test: it prints figures).
 
-A two-tier tiny-model cascade with every answer kept on `small` (threshold 1.0), so every
-request is a shadow candidate. Rounds alternate (ABCCBA) between shadow off, shadow on with
-`sampleRate: 1` and `maxConcurrent: 1`, and the same guarded by `maxUserInFlight` (half the
-client's concurrency: shadows are dropped first while users keep the router busy), at a client
-concurrency that keeps the stack busy. It prints the users' p50/p99 latency and errors in each,
-and, with shadows on, the most shadow evaluations ever seen in flight:
-`ray_tierserve_shadow_in_flight` read from Ray's metrics exporter every 0.5 s (Ray exports every
-few seconds, so this samples the gauge; the bound itself is enforced per replica by
-`ShadowGate`), with the verdicts and drops counted.
+A two-tier tiny-model cascade. Rounds alternate (ABCDDCBA) between shadow off, shadow on with
+`sampleRate: 1` and `maxConcurrent: 1`, the same guarded by `maxUserInFlight` (half the client's
+concurrency: shadows are dropped first while users keep the router busy), and the same gated by
+`maxTopTierInFlight: 0` (shadows only while no user call is on the top tier), at a client
+concurrency that keeps the stack busy.
+
+By default (`--pin-tiers`) each tier's engine is bound to its own core
+(`VLLM_CPU_OMP_THREADS_BIND`): the stand-in, on a CPU box, for a GPU ladder where each tier has
+its own accelerators and a shadow can only take the top tier's capacity. Without it both engines
+share both cores and any shadow slows every user. `--threshold` (default 0.7) sets how much user
+traffic escalates to the top tier, where users and shadows meet.
+
+It prints the users' p50/p99 latency and errors in each, and, with shadows on, the most shadow
+evaluations ever seen in flight: `ray_tierserve_shadow_in_flight` read from Ray's metrics
+exporter every 0.5 s (Ray exports every few seconds, so this samples the gauge; the bound itself
+is enforced per replica by `ShadowGate`), with the verdicts and drops counted.
 
 Run from the repository root: `.venv/bin/python -m bench.shadow_overhead [--requests 200]`
 """
@@ -75,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="per round")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA pairs")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--threshold", type=float, default=0.7, help="escalation threshold")
+    parser.add_argument(
+        "--pin-tiers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each tier's engine on its own core (a GPU ladder's separate accelerators)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench/results/shadow_overhead.json"))
     args = parser.parse_args(argv)
 
@@ -87,29 +101,46 @@ def main(argv: list[str] | None = None) -> int:
             "shadowbench",
             {"small": str(models.small), "large": str(models.large)},
             dashboard_url=head.dashboard_url,
-            routing={"mode": "cascade", "escalation": {"threshold": 1.0}},
+            routing={"mode": "cascade", "escalation": {"threshold": args.threshold}},
         )
+        if args.pin_tiers:
+            for core, tier in enumerate(doc["spec"]["tiers"]):
+                tier["env"]["VLLM_CPU_OMP_THREADS_BIND"] = str(core % (os.cpu_count() or 1))
         app = TieredApp(doc, head.serve_url)
         app.deploy(progress=print)
         variants = {
             "off": {"sampleRate": 0.0},
             # maxUserInFlight None: route() merges into the previous shadow settings.
-            "on": {"sampleRate": 1.0, "maxConcurrent": 1, "maxUserInFlight": None},
+            "on": {
+                "sampleRate": 1.0,
+                "maxConcurrent": 1,
+                "maxUserInFlight": None,
+                "maxTopTierInFlight": None,
+            },
             # Shadows only while the router replica has at most half the client's concurrency
             # of user requests in flight: dropped first under load (reason `load`).
             "on-guarded": {
                 "sampleRate": 1.0,
                 "maxConcurrent": 1,
                 "maxUserInFlight": max(1, args.concurrency // 2),
+                "maxTopTierInFlight": None,
+            },
+            # Shadows only while no user call is on the top tier (reason `top-tier-busy`).
+            "on-top-gated": {
+                "sampleRate": 1.0,
+                "maxConcurrent": 1,
+                "maxUserInFlight": None,
+                "maxTopTierInFlight": 0,
             },
         }
         asyncio.run(one_round(app, head, prompts[:16], 4, False))  # warm up
         collected: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         before = series(head, "ray_tierserve_shadow_verdicts_total", app.model)
+        requests_before = series(head, "ray_tierserve_requests_total", app.model)
         dropped_before = series(head, "ray_tierserve_shadow_dropped_total", app.model)
         for i in range(args.rounds):
-            order = ["off", "on", "on-guarded"]
-            for name in order + order[::-1]:  # ABCCBA
+            order = list(variants)
+            for name in order + order[::-1]:  # ABCDDCBA
                 app.route(shadow=variants[name])
                 batch = [prompts[(i * 7 + j) % len(prompts)] for j in range(args.requests)]
                 got = asyncio.run(one_round(app, head, batch, args.concurrency, name != "off"))
@@ -120,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"errors {got['errors']}, max shadows in flight {got['max_in_flight']:.0f}",
                     flush=True,
                 )
+        time.sleep(6)  # Ray exports every few seconds
+        requests_after = series(head, "ray_tierserve_requests_total", app.model)
         verdicts = series(head, "ray_tierserve_shadow_verdicts_total", app.model)
         dropped = series(head, "ray_tierserve_shadow_dropped_total", app.model)
     finally:
@@ -143,13 +176,19 @@ def main(argv: list[str] | None = None) -> int:
             out[label] = out.get(label, 0.0) + value - then.get(key, 0.0)
         return out
 
+    answered: dict[str, float] = {}
+    for key, value in requests_after.items():
+        tier = dict(key).get("tier", "?")
+        answered[tier] = answered.get(tier, 0.0) + value - requests_before.get(key, 0.0)
+    summary["answered_by_tier"] = answered
     summary["shadow_verdicts"] = delta(verdicts, before)
     summary["shadow_dropped"] = delta(dropped, dropped_before)
     print(json.dumps(summary, indent=2))
     out = {
         "what": "users' latency with shadow evaluation off vs on (sampleRate 1, maxConcurrent 1)"
-        " vs on-guarded (also maxUserInFlight concurrency/2); tiny two-tier cascade, every answer"
-        " kept on small; max_tokens 4",
+        " vs on-guarded (also maxUserInFlight concurrency/2) vs on-top-gated (maxTopTierInFlight"
+        f" 0); tiny two-tier cascade, threshold {args.threshold}; max_tokens 4; tiers pinned to"
+        f" their own cores: {args.pin_tiers}",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "concurrency": args.concurrency,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.llm_fakes import FakeTier, Reply
-from tests.unit.test_ingress import aio, info, stack
+from tests.unit.test_ingress import MODEL, aio, info, stack
 from tierserve.api.v1alpha1 import Shadow
 from tierserve.serving.shadow import ShadowGate, Verdict, pairwise_verdict, parse_verdict
 
@@ -175,3 +175,73 @@ async def test_shadows_wait_for_a_lull_in_user_traffic() -> None:
     await s.ingress.engine.drain()
     assert len(large.requests) == 1
     assert s.metric("tierserve_shadow_verdicts", verdict="tie") == 1
+
+
+def test_a_busy_top_tier_drops_shadows_before_any_other_bound() -> None:
+    gate, limits = ShadowGate(), Shadow(max_concurrent=1, max_per_hour=1, max_top_tier_in_flight=0)
+    assert gate.admit(limits, 0.0, users=5, top_users=1) == "top-tier-busy"
+    assert gate.in_flight == 0
+    assert gate.admit(limits, 0.0, users=5, top_users=0) is None  # the hour's one, unspent
+
+
+@aio
+async def test_shadows_use_the_top_tiers_idle_capacity_only() -> None:
+    """maxTopTierInFlight 0: an answer kept on `small` while a user's request streams from
+    `large` is not shadowed (reason top-tier-busy), however idle the replica is otherwise; the
+    next one, with `large` free of users, is. Shadows' own calls never count as users'."""
+    large = FakeTier("large", Reply(text="46", delay=0.3), Reply(text="46"))
+    s = stack(FakeTier("small", Reply(text="45")), large,
+              shadow={"sampleRate": 1.0, "maxConcurrent": 4, "maxTopTierInFlight": 0})  # fmt: skip
+    slow = asyncio.create_task(s.post(model=f"{MODEL}:large", stream=True))
+    while not large.requests:
+        await asyncio.sleep(0.01)
+    assert info(await s.post())[0] == "small"
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_dropped", tier="small", reason="top-tier-busy") == 1
+    assert len(large.requests) == 1  # only the user's
+    assert (await slow).status_code == 200
+    assert info(await s.post())[0] == "small"
+    assert info(await s.post())[0] == "small"  # while the first shadow may still be open
+    await s.ingress.engine.drain()
+    assert len(large.requests) == 3  # both shadowed: a shadow's call is not a user's
+    assert s.metric("tierserve_shadow_verdicts", verdict="tie") == 0
+    assert s.metric("tierserve_shadow_verdicts", verdict="loss") == 2
+    assert s.ingress.engine.user_calls == {"small": 0, "large": 0}
+
+
+@aio
+async def test_a_judge_is_not_asked_while_users_wait_for_its_tier() -> None:
+    """The judge's call is gated again: users who reached the top tier while its reference
+    answer was computed keep it, and the half-done evaluation is dropped, not judged."""
+    reference = asyncio.Event()
+    user_on_top = asyncio.Event()
+
+    def reply(request: Any) -> Reply:
+        if request.stream:  # the user's, pinned to large
+            return Reply(text="46", delay=0.2)
+        return Reply(text="46")
+
+    large = FakeTier("large", reply)
+    s = stack(FakeTier("small", Reply(text="45")), large,
+              shadow={"sampleRate": 1.0, "judge": "pairwise", "maxTopTierInFlight": 0})  # fmt: skip
+    real_ask = s.ingress.engine.shadows._ask
+
+    async def ask(cfg: Any, call: Any, index: int, prompt: str | None) -> str | None:
+        answer = await real_ask(cfg, call, index, prompt)
+        if prompt is None:  # the reference is in: hold until a user is on the top tier
+            reference.set()
+            await user_on_top.wait()
+        return answer
+
+    s.ingress.engine.shadows._ask = ask  # type: ignore[method-assign]
+    assert info(await s.post())[0] == "small"
+    await reference.wait()
+    slow = asyncio.create_task(s.post(model=f"{MODEL}:large", stream=True))
+    while s.ingress.engine.user_calls.get("large", 0) == 0:
+        await asyncio.sleep(0.01)
+    user_on_top.set()
+    await s.ingress.engine.drain()
+    assert s.metric("tierserve_shadow_dropped", tier="small", reason="top-tier-busy") == 1
+    assert not [r for r in large.requests if "Verdict:" in (r.prompt or "")]
+    assert s.metric("tierserve_shadow_verdicts") == 0
+    assert (await slow).status_code == 200

@@ -1095,6 +1095,18 @@ class Shadow(_Model):
             "load shadow traffic goes first. Unset: no load bound (maxConcurrent still holds)."
         ),
     )
+    max_top_tier_in_flight: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description=(
+            "Shadow evaluations start, and a started one asks its judge, only while the router "
+            "replica has at most this many user calls in flight on the top tier (and on the "
+            "judge tier); beyond it samples are dropped (reason `top-tier-busy`). Shadows then "
+            "use the top tier's idle capacity and yield as soon as users need it; 0: only "
+            "while no user request is on it. Unset: no bound."
+        ),
+    )
     judge: ShadowJudge = Field(
         default=ShadowJudge.EXACT_MATCH,
         description=(

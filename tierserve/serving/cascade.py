@@ -196,7 +196,10 @@ class CascadeEngine:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self.users = 0  # user requests climbing or being delivered: the load shadows yield to
-        self.shadows = ShadowEvaluator(self._open, self.breaker, metrics, clock, sample)
+        self.user_calls: dict[str, int] = {}  # tier -> users' calls open on it (not shadows')
+        self.shadows = ShadowEvaluator(
+            self._open_shadow, self.user_calls, self.breaker, metrics, clock, sample
+        )
         self.windows: dict[str, RankWindow] = {}  # lower tier -> its rank reference
         self.seeded: set[str] = set()  # tiers whose window started from a reference file
         self.rank_key: tuple[Any, ...] = ()
@@ -490,12 +493,26 @@ class CascadeEngine:
             raise
         return attempt
 
-    def _open(self, cfg: IngressConfig, call: Call, index: int, request: Any) -> Attempt:
+    def _open(
+        self, cfg: IngressConfig, call: Call, index: int, request: Any, user: bool = True
+    ) -> Attempt:
+        """A call to tier `index`; a user's (not a shadow's) is counted in `user_calls` while
+        open, the load the shadow gate's `maxTopTierInFlight` weighs."""
         tier = cfg.tiers[index]
         handle = self.handles[tier.name]
         method = handle.chat if call.chat else handle.completions
         gen = method.remote(request, None)
-        return Attempt(index, tier, gen, request.stream, self.metrics, self.clock)
+        on_close = None
+        if user:
+            self.user_calls[tier.name] = self.user_calls.get(tier.name, 0) + 1
+
+            def on_close() -> None:
+                self.user_calls[tier.name] -= 1
+
+        return Attempt(index, tier, gen, request.stream, self.metrics, self.clock, on_close)
+
+    def _open_shadow(self, cfg: IngressConfig, call: Call, index: int, request: Any) -> Attempt:
+        return self._open(cfg, call, index, request, user=False)
 
     # -- handing it over ---------------------------------------------------------------------
 

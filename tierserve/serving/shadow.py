@@ -10,7 +10,8 @@ autoscaler and the drift alert read.
 
 `ShadowGate` bounds the cost: at most `maxConcurrent` evaluations in flight and `maxPerHour`
 started per router replica, none while the replica has more than `maxUserInFlight` user requests
-(under load shadows go first); samples beyond these are dropped and counted, never queued.
+or more than `maxTopTierInFlight` user calls on the top tier (under load shadows go first: they
+use the top tier's idle capacity); samples beyond these are dropped and counted, never queued.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def judge_prompt(template: str, request: str, lower: str, top: str, lower_first:
     return template.replace("{request}", request).replace("{a}", a).replace("{b}", b)
 
 
+TOP_TIER_BUSY = "top-tier-busy"
+
+
+def top_tier_busy(limits: Shadow, top_users: int) -> bool:
+    """Users need the top (or judge) tier: more user calls on it than `maxTopTierInFlight`."""
+    return limits.max_top_tier_in_flight is not None and top_users > limits.max_top_tier_in_flight
+
+
 @dataclass
 class ShadowGate:
     """Admission of shadow evaluations on one router replica: a concurrency bound and an
@@ -82,11 +91,14 @@ class ShadowGate:
     _at: float = 0.0
     _rate_per_hour: int | None = field(default=None, repr=False)
 
-    def admit(self, limits: Shadow, now: float, users: int = 0) -> str | None:
+    def admit(self, limits: Shadow, now: float, users: int = 0, top_users: int = 0) -> str | None:
         """None when admitted (call `release` when it ends), else why it was dropped;
-        `users`: user requests the replica is working on."""
+        `users`: user requests the replica is working on; `top_users`: its user calls on the
+        top tier."""
         if limits.max_user_in_flight is not None and users > limits.max_user_in_flight:
             return "load"
+        if top_tier_busy(limits, top_users):
+            return TOP_TIER_BUSY
         if self.in_flight >= limits.max_concurrent:
             return "concurrency"
         if limits.max_per_hour is not None:

@@ -2,7 +2,8 @@
 
 The pure parts (verdict parsing, the judge's prompt, the admission gate) are in `shadow.py`;
 this runs them: a kept lower-tier answer is sampled, admitted by the gate (concurrency, hourly
-budget, and the users' own load: shadows are dropped first under load), and judged in a task
+budget, and the users' own load on the replica and on the top tier: shadows are dropped first
+under load), and judged in a task
 the user's request never waits for. The calls go through the cascade engine's `open` (the same
 Serve handles as users' calls) but never queue behind a full tier, never trip its breaker, and
 are billed apart (ledger kinds `shadow` and `judge`).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tierserve.api.v1alpha1 import ShadowJudge
@@ -21,11 +22,13 @@ from tierserve.serving.config import IngressConfig
 from tierserve.serving.metrics import IngressMetrics
 from tierserve.serving.routing import CircuitBreaker
 from tierserve.serving.shadow import (
+    TOP_TIER_BUSY,
     ShadowGate,
     Verdict,
     exact_verdict,
     judge_prompt,
     pairwise_verdict,
+    top_tier_busy,
 )
 from tierserve.serving.tiers import Attempt, Call, backpressure, judge_request, tier_request
 
@@ -40,12 +43,14 @@ class ShadowEvaluator:
     def __init__(
         self,
         open_call: Open,
+        user_calls: Mapping[str, int],
         breaker: Callable[[str], CircuitBreaker],
         metrics: IngressMetrics,
         clock: Callable[[], float],
         sample: Callable[[], float],
     ):
         self.open_call = open_call
+        self.user_calls = user_calls  # tier -> users' calls open on it, kept by the engine
         self.breaker = breaker
         self.metrics = metrics
         self.clock = clock
@@ -62,7 +67,8 @@ class ShadowEvaluator:
         if rate <= 0 or index == cfg.top or self.sample() >= rate:
             return
         tier = cfg.tiers[index].name
-        dropped = self.gate.admit(cfg.shadow, self.clock(), users)
+        top_users = self.user_calls.get(cfg.tiers[cfg.top].name, 0)
+        dropped = self.gate.admit(cfg.shadow, self.clock(), users, top_users)
         if dropped is not None:
             self.metrics.shadow_dropped(tier, dropped)
             return
@@ -97,7 +103,11 @@ class ShadowEvaluator:
                 prompt = judge_prompt(
                     cfg.shadow.judge_prompt, call.text, text, reference, lower_first
                 )
-                judge_index = cfg.index(cfg.shadow.judge_tier) if cfg.shadow.judge_tier else None
+                judge_tier = cfg.shadow.judge_tier or cfg.tiers[cfg.top].name
+                if top_tier_busy(cfg.shadow, self.user_calls.get(judge_tier, 0)):
+                    self.metrics.shadow_dropped(tier, TOP_TIER_BUSY)  # users came meanwhile
+                    return
+                judge_index = cfg.index(judge_tier)
                 reply = await self._ask(
                     cfg, call, cfg.top if judge_index is None else judge_index, prompt
                 )

@@ -194,9 +194,10 @@ class Attempt:
         stream: bool,
         metrics: IngressMetrics,
         clock: Callable[[], float],
+        on_close: Callable[[], None] | None = None,
     ):
         self.index, self.tier, self.gen, self.stream = index, tier, gen, stream
-        self.metrics, self.clock = metrics, clock
+        self.metrics, self.clock, self.on_close = metrics, clock, on_close
         self.it = gen.__aiter__()
         self.held: list[Chunk] = []
         self.tokens: list[float | None] = []
@@ -233,6 +234,8 @@ class Attempt:
         if self.closed:
             return
         self.closed = True
+        if self.on_close is not None:
+            self.on_close()
         self.metrics.in_flight(self.tier.name, -1)
         self.metrics.gpu_seconds(self.tier.name, self.tier.gpus, self.clock() - self.started)
         if not self.finished:
