@@ -226,7 +226,7 @@ def test_a_spec_change_while_the_threshold_moves_keeps_the_autoscaled_threshold(
             seen.append(float(status["escalation"]["threshold"]))
             rs = get(kubectl, "rayservice", name, namespace)
             serve = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-            small = serve["args"]["tiers"][0]["llmConfig"]["deployment_config"]
+            small = next(d for d in serve["deployments"] if d["name"] == "tier-small")
             router = serve["deployments"][0]["user_config"]
             done = (
                 status.get("observedGeneration") == generation

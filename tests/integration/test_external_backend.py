@@ -1,10 +1,12 @@
 """The external backend end to end: a ModelTier applied with kubectl becomes a running Serve
 application on a real Ray head (two generated tiny models through vLLM on CPU plus the router),
-which answers OpenAI-style requests; deleting the ModelTier removes the application.
+which answers OpenAI-style requests; a replicas change on one tier restarts nothing; deleting
+the ModelTier removes the application.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,21 @@ def modeltier(name: str, dashboard: str, models: dict[str, str], route: str) -> 
     doc = tiny_modeltier(name, models, dashboard_url=dashboard, route_prefix=route)
     del doc["metadata"]["namespace"]  # kubectl -n decides
     return doc
+
+
+def deployment(dashboard: str, app: str, name: str) -> dict[str, Any]:
+    """Serve's details of one deployment of `app` (raw: deployment_config and replicas)."""
+    apps = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30).json()["applications"]
+    found: dict[str, Any] = apps[app]["deployments"][name]
+    return found
+
+
+def replica_ids(dashboard: str, app: str) -> dict[str, set[str]]:
+    apps = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30).json()["applications"]
+    return {
+        name: {r["replica_id"] for r in d.get("replicas") or []}
+        for name, d in apps[app]["deployments"].items()
+    }
 
 
 def test_external_modeltier_serves_requests_and_is_removed_on_delete(
@@ -103,6 +120,22 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
         )
         assert bad.status_code == 404
         assert bad.json()["error"]["param"] == "model"
+
+        # A replicas change on one tier reaches Serve as that deployment's override: reconfigured
+        # in place; no replica of any deployment (the router's included) is replaced.
+        replicas_before = replica_ids(ray_head.dashboard_url, app_name)
+        patch = [{"op": "replace", "path": "/spec/tiers/0/replicas", "value": {"max": 2}}]
+        kubectl("patch", "mt", "tiny-sums", "-n", namespace, "--type=json",
+                "-p", json.dumps(patch))  # fmt: skip
+
+        def rescaled() -> dict[str, Any] | None:
+            small = deployment(ray_head.dashboard_url, app_name, "tier-small")
+            scaling = small["deployment_config"].get("autoscaling_config") or {}
+            return small if scaling.get("max_replicas") == 2 else None
+
+        eventually(rescaled, "tier-small's max_replicas to be 2 in Serve", timeout=120)
+        assert replica_ids(ray_head.dashboard_url, app_name) == replicas_before
+        assert ready() is not None  # still Ready, nothing redeployed
 
         kubectl("delete", "mt", "tiny-sums", "-n", namespace, "--timeout=120s")
         eventually(

@@ -516,42 +516,81 @@ def test_a_worker_killed_under_traffic_loses_no_request_and_the_tier_comes_back(
     assert victims[0] not in names and len(names) >= 3, names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a restart seen; a timeout (no new worker alone) is a real failure
-    reason=(
-        "product bug: a tier's replica bounds are in the Serve application's args (the tiers' "
-        "llmConfig.deployment_config), so changing one tier's replicas is a code change to "
-        "Serve and restarts every tier's replica and the router; and KubeRay never copies "
-        "workerGroupSpecs replicas/min/max from the RayService to its RayCluster (they are "
-        "outside its spec hash), so the extra replica gets no worker"
-    ),
+SERVE_SCALING = (
+    "import json, urllib.request\n"
+    "d = json.load(urllib.request.urlopen("
+    "'http://127.0.0.1:8265/api/serve/applications/', timeout=10))\n"
+    "print(json.dumps({n: (dep.get('deployment_config') or {}).get('autoscaling_config') "
+    "for app in d['applications'].values() for n, dep in app['deployments'].items()}))"
 )
-def test_a_replicas_change_on_one_tier_restarts_nothing_else(
+
+
+def serve_scaling(stack: kuberay_node.Stack) -> dict[str, dict[str, Any] | None]:
+    """Deployment -> the autoscaling config Serve runs it with (read inside the head pod)."""
+    out = kubectl(stack.cp, "exec", "-n", NAMESPACE, head_pod(stack), "-c", "ray-head", "--",
+                  "python", "-c", SERVE_SCALING, timeout=60).stdout  # fmt: skip
+    scaling: dict[str, dict[str, Any] | None] = json.loads(out)
+    return scaling
+
+
+def test_a_replicas_change_on_one_tier_restarts_nothing(
     stack: kuberay_node.Stack, served: dict[str, Any]
 ) -> None:
-    """spec.tiers[small].replicas 1 -> 2: Serve runs a second small replica on a new worker pod
-    (the Ray autoscaler adds it), while the large tier's replica, the router's, and every pod
-    (head, workers, operator) keep running: no pod replaced, no container restarted."""
+    """spec.tiers[small].replicas.max 1 -> 2: Serve runs tier-small with the new bounds, and
+    no replica of any deployment (the large tier's, the router's, small's own) and no pod is
+    replaced: the bounds reach Serve as the deployment's override, reconfigured in place (they
+    were in the application's args once, and one tier's change restarted every tier)."""
     pods_before, replicas_before = pods_now(stack), serve_replicas(stack)
-    kept = {d: running_ids(replicas_before, d) for d in ("tier-large", "Ingress")}
+    kept = {d: running_ids(replicas_before, d) for d in ("tier-small", "tier-large", "Ingress")}
     assert all(kept.values()), replicas_before
-    patch(stack, [{"op": "replace", "path": "/spec/tiers/0/replicas",
-                   "value": {"min": 2, "max": 2}}])  # fmt: skip
+    patch(stack, [{"op": "replace", "path": "/spec/tiers/0/replicas", "value": {"max": 2}}])
 
-    def scaled() -> bool:
+    def rescaled() -> bool:
         now = serve_replicas(stack)
         for deployment, ids in kept.items():
             # A replica that stops running is a restart the user sees (its tier is down).
             assert ids <= running_ids(now, deployment), f"{deployment} restarted: {now}"
-        return len(running_ids(now, "tier-small")) == 2
+        return ((serve_scaling(stack).get("tier-small") or {}).get("max_replicas")) == 2
 
-    wait_until(scaled, timeout=300, component="Serve", what="running 2 small replicas",
+    wait_until(rescaled, timeout=180, component="Serve", what="tier-small at max_replicas 2",
                interval=3, retry=(ComponentError,))  # fmt: skip
-    after = pods_now(stack)
-    assert_untouched(pods_before, after)
-    new = [name for uid, (name, _) in after.items() if uid not in pods_before]
-    assert any("-worker-" in name for name in new), new
+    assert_untouched(pods_before, pods_now(stack))
+    now = serve_replicas(stack)
+    assert all(ids <= running_ids(now, d) for d, ids in kept.items()), now
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "open (#11): KubeRay 1.6.1 never copies a RayService's workerGroupSpecs min/max/replicas "
+        "to its RayCluster (they are outside its spec hash: GenerateHashWithoutReplicasAnd"
+        "WorkersToDelete), so the Ray autoscaler keeps the first bounds and a tier raised past "
+        "them gets no new worker; the operator would have to patch the RayCluster's worker group"
+    ),
+)
+def test_a_tiers_worker_group_follows_its_replica_bounds(
+    stack: kuberay_node.Stack, served: dict[str, Any]
+) -> None:
+    """After the replicas change above (small: max 2), the RayCluster the Ray autoscaler reads
+    allows the second small replica a worker: its small worker group's maxReplicas is 2."""
+    rendered = get(stack, "rayservice", NAME)
+    assert rendered is not None
+    want = {g["groupName"]: g["maxReplicas"]
+            for g in rendered["spec"]["rayClusterConfig"]["workerGroupSpecs"]}  # fmt: skip
+
+    def follows() -> bool:
+        rc = get(stack, "raycluster", ray_cluster(stack)) or {}
+        have = {g["groupName"]: g.get("maxReplicas")
+                for g in rc.get("spec", {}).get("workerGroupSpecs", [])}  # fmt: skip
+        return have == want
+
+    with contextlib.suppress(ComponentError):  # the assertion below says what differs
+        wait_until(follows, timeout=30, component="KubeRay", what="the RayCluster's bounds",
+                   interval=3)  # fmt: skip
+    rc = get(stack, "raycluster", ray_cluster(stack)) or {}
+    have = {g["groupName"]: g.get("maxReplicas") for g in rc["spec"]["workerGroupSpecs"]}
+    assert have == want, f"RayService wants {want}, the RayCluster has {have}"
 
 
 def test_deleting_the_modeltier_removes_everything_made_for_it(

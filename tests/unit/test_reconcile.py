@@ -311,7 +311,7 @@ def test_a_spec_change_and_a_threshold_move_arriving_together_are_one_write() ->
     deployed = c.backend.deployed
     assert deployed is not None
     assert deployed["deployments"][0]["user_config"]["threshold"] == 0.7
-    small = deployed["args"]["tiers"][0]["llmConfig"]["deployment_config"]
+    small = next(d for d in deployed["deployments"] if d["name"] == "tier-small")
     assert small["autoscaling_config"]["max_replicas"] == 6
     c.later(5)
     assert c.reconcile().status_patch == {}

@@ -35,7 +35,8 @@ def test_each_tier_becomes_an_llm_config_with_its_gpus_parallelism_and_bounds() 
     assert large["engine_kwargs"]["pipeline_parallel_size"] == 2
     assert large["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1.0}] * 4
     assert large["accelerator_type"] == "A100"
-    scaling = large["deployment_config"]["autoscaling_config"]
+    overrides = {d["name"]: d for d in app["deployments"]}
+    scaling = overrides["tier-large"]["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (0, 2)
     tiny = app["args"]["tiers"][0]["llmConfig"]
     assert tiny["model_loading_config"]["model_source"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
@@ -58,12 +59,35 @@ def test_load_shedding_limits_reach_serve_only_when_set() -> None:
         "maxOngoingRequests": 4,
         "maxQueuedRequests": 16,
     }
-    small, large = (render.llm_config(t) for t in ModelTier.model_validate(doc).spec.tiers)
-    assert large["deployment_config"]["max_ongoing_requests"] == 4
-    assert large["deployment_config"]["max_queued_requests"] == 16
+    tiers = ModelTier.model_validate(doc).spec.tiers
+    small, large = (render.tier_deployment_options(t) for t in tiers)
+    assert large["max_ongoing_requests"] == 4
+    assert large["max_queued_requests"] == 16
     # unset: ray.serve.llm's defaults (no per-replica cap, unbounded queue) stay in charge
-    assert "max_ongoing_requests" not in small["deployment_config"]
-    assert "max_queued_requests" not in small["deployment_config"]
+    assert "max_ongoing_requests" not in small
+    assert "max_queued_requests" not in small
+
+
+def test_a_replicas_change_on_one_tier_leaves_the_application_code_alone() -> None:
+    """Serve redeploys every deployment of an application whose args change: a replicas change
+    on one tier must reach Serve as that tier's override only, not as new args (found on the
+    node: it restarted every tier and the router)."""
+    doc = yaml.safe_load((EXAMPLES / "support-assistant.yaml").read_text())
+    doc["metadata"]["namespace"] = "ml"
+    before = render.serve_application(ModelTier.model_validate(doc))
+    doc["spec"]["tiers"][0]["replicas"] = {"min": 2, "max": 5, "maxQueuedRequests": 8}
+    after = render.serve_application(ModelTier.model_validate(doc))
+    assert after["args"] == before["args"]
+    changed = [
+        d["name"]
+        for d, was in zip(after["deployments"], before["deployments"], strict=True)
+        if d != was
+    ]
+    assert changed == ["tier-small"]
+    small = after["deployments"][1]
+    assert small["autoscaling_config"]["min_replicas"] == 2
+    assert small["autoscaling_config"]["max_replicas"] == 5
+    assert small["max_queued_requests"] == 8
 
 
 def test_threshold_travels_only_in_the_router_user_config() -> None:

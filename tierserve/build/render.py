@@ -41,6 +41,7 @@ from tierserve.names import (
     ROUTER_CPUS,
     SERVE_PORT,
     app_name,
+    tier_deployment_name,
 )
 
 
@@ -77,25 +78,35 @@ def llm_config(tier: Tier) -> dict[str, Any]:
         # vLLM's own metrics (queue, KV cache, time to first token), labelled with the model id:
         # the threshold autoscaler reads the top tier's queue and latency from them.
         "log_engine_metrics": True,
-        "deployment_config": {
-            "autoscaling_config": {
-                "min_replicas": tier.replicas.min,
-                "max_replicas": tier.replicas.max,
-                "initial_replicas": max(tier.replicas.min, 1),
-                "target_ongoing_requests": tier.replicas.target_ongoing_requests,
-            },
-        },
     }
-    # Load shedding is Serve's: a full queue makes the router's handle raise BackPressureError.
-    if tier.replicas.max_ongoing_requests is not None:
-        config["deployment_config"]["max_ongoing_requests"] = tier.replicas.max_ongoing_requests
-    if tier.replicas.max_queued_requests is not None:
-        config["deployment_config"]["max_queued_requests"] = tier.replicas.max_queued_requests
     if tier.accelerator_type:
         config["accelerator_type"] = tier.accelerator_type
     if tier.env:
         config["runtime_env"] = {"env_vars": dict(tier.env)}
     return config
+
+
+def tier_deployment_options(tier: Tier) -> dict[str, Any]:
+    """The tier's replica bounds and load shedding, as a Serve config override of its deployment.
+
+    Not in the application's `args`: Serve redeploys every deployment of an application whose
+    args change, so a replicas change on one tier would restart all tiers and the router. As
+    overrides in `deployments[]` they are reconfigured in place, on that tier only."""
+    options: dict[str, Any] = {
+        "name": tier_deployment_name(tier.name),
+        "autoscaling_config": {
+            "min_replicas": tier.replicas.min,
+            "max_replicas": tier.replicas.max,
+            "initial_replicas": max(tier.replicas.min, 1),
+            "target_ongoing_requests": tier.replicas.target_ongoing_requests,
+        },
+    }
+    # Load shedding is Serve's: a full queue makes the router's handle raise BackPressureError.
+    if tier.replicas.max_ongoing_requests is not None:
+        options["max_ongoing_requests"] = tier.replicas.max_ongoing_requests
+    if tier.replicas.max_queued_requests is not None:
+        options["max_queued_requests"] = tier.replicas.max_queued_requests
+    return options
 
 
 def router_user_config(spec: ModelTierSpec, name: str) -> dict[str, Any]:
@@ -138,7 +149,10 @@ def serve_application(mt: ModelTier, *, threshold: float | None = None) -> dict[
             "modelTier": name,
             "tiers": [{"name": t.name, "llmConfig": llm_config(t)} for t in mt.spec.tiers],
         },
-        "deployments": [{"name": INGRESS_DEPLOYMENT, "user_config": user_config}],
+        "deployments": [
+            {"name": INGRESS_DEPLOYMENT, "user_config": user_config},
+            *(tier_deployment_options(t) for t in mt.spec.tiers),
+        ],
     }
 
 

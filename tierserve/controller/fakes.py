@@ -125,6 +125,7 @@ class FakeDashboard:
             names = [d["name"] for d in config.get("deployments") or []]
             tiers = (config.get("args") or {}).get("tiers") or []
             names += [tier_deployment_name(t["name"]) for t in tiers if isinstance(t, dict)]
+            names = list(dict.fromkeys(names))  # a tier's overrides name it too
             apps[name] = {
                 "name": name,
                 "status": self.status.get(name, "RUNNING"),
