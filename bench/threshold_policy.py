@@ -33,7 +33,10 @@ the overloaded top tier can take only 60% of the budget at peak) for the queue S
 uncertainty score only (their score mix does not shift, so the rank score changes nothing).
 
 Run: `.venv/bin/python bench/threshold_policy.py [--seeds 0 1 2 3 4] [--minutes 120] [--jobs 2]`
-Writes results.json and results.md under --out (bench/results/threshold_policy).
+Writes results.json, results.md and one PNG per trace (`<trace>.png`: per budget, the escalation
+share over trailing 150 s windows against the budget's ±2 pp band, and the top-tier queue
+against its target, for the three policies on the lowest seed) under --out
+(bench/results/threshold_policy).
 """
 
 from __future__ import annotations
@@ -66,7 +69,11 @@ from tierserve.autoscale.policy import (
 )
 from tierserve.tools import simulate as sim
 from tierserve.tools.simulate.evaluation import (
+    BUDGET_TOLERANCE,
     SETTLE_INTERVALS,
+    WINDOW_SECONDS,
+    _rolling,
+    _window,
     after_shift,
     calibrate_before,
     calibration_end,
@@ -134,10 +141,12 @@ def run_case(
     interval: float,
     data: str,
     from_spec: bool = False,
+    keep_series: bool = False,
 ) -> dict[str, Any]:
     """One trace, one budget, one seed: the three policies' figures. The adaptive run starts
     from the static-calibrated threshold (the spec's threshold a team would write after
-    calibrating offline), or with `from_spec` from the API's default threshold."""
+    calibrating offline), or with `from_spec` from the API's default threshold. With
+    `keep_series`, also the per-interval curves the plots draw (`series`)."""
     started = time.monotonic()
     params = PolicyParams(budget=budget, interval_seconds=interval)
     trace, setup = sim.scenario(
@@ -195,7 +204,31 @@ def run_case(
         "accuracy": float(oracle.correct.mean()),
         "queue_target_met": float(np.mean(oracle.queue <= setup.params.queue_target)),
     }
+    if keep_series:
+        out["series"] = series(trace, setup, runs, start)
     out["seconds"] = time.monotonic() - started
+    return out
+
+
+def series(trace: Trace, setup: Setup, runs: dict[str, Run], start: float) -> dict[str, Any]:
+    """Per policy and interval: the escalation share over the trailing WINDOW_SECONDS (the
+    windows the budget is judged on; NaN until the first whole window) and the top-tier queue
+    per replica; with the budget, the queue target and the trace's events, for the plots."""
+    out: dict[str, Any] = {
+        "interval_seconds": setup.params.interval_seconds,
+        "budget": setup.params.budget,
+        "queue_target": setup.params.queue_target,
+        "calibration_end_seconds": start,
+        "events": [[t, label, step] for t, label, step in trace.events],
+    }
+    for policy, run in runs.items():
+        width = _window(run.interval)
+        share = _rolling(run.escalated, run.requests, width)
+        share[: width - 1] = math.nan
+        out[policy] = {
+            "window_share": [round(float(x), 4) for x in share],
+            "queue": [round(float(x), 3) for x in run.queue],
+        }
     return out
 
 
@@ -333,9 +366,10 @@ def table(agg: dict[str, Any], budget: float) -> list[str]:
 
 
 def report(
-    rows: list[dict[str, Any]], budgets: Sequence[float]
+    rows: list[dict[str, Any]], budgets: Sequence[float], pictures: dict[str, str] | None = None
 ) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines (one table per trace and score) and the aggregates."""
+    """Markdown lines (one table per trace and score, and its plot when `pictures` has one)
+    and the aggregates."""
     lines: list[str] = []
     aggregates: dict[str, Any] = {}
     for name, score in CASES:
@@ -379,7 +413,89 @@ def report(
                 f"  - quality goal {found['quality']}.",
             ]
         lines += ["", *notes, ""]
+        picture = (pictures or {}).get(first["trace"])
+        if picture:
+            seed = min(r["seed"] for r in group if "series" in r)
+            lines += [
+                f"![{first['trace']}: escalation per window and top-tier queue, seed {seed}]"
+                f"({picture})",
+                "",
+            ]
     return lines, aggregates
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+COLORS = {"adaptive": "C0", "static-calibrated": "C1", "hindsight-static": "C2"}
+
+
+def plot(group: Sequence[dict[str, Any]], path: Path) -> str | None:
+    """One trace's PNG: per budget (columns), the escalation share over the trailing 150 s
+    windows against the budget's ±2 pp band (top) and the top-tier queue against its target
+    (bottom), for the three policies, on the rows' one seed that kept its series. None, or why
+    there is no picture."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"no PNG: matplotlib is not importable ({exc})"
+    rows = sorted((r for r in group if "series" in r), key=lambda r: r["budget"])
+    if not rows:
+        return f"no PNG for {path.stem}: no run kept its series"
+    fig, axes = plt.subplots(
+        2, len(rows), figsize=(6.5 * len(rows), 6.5), sharex=True, squeeze=False
+    )
+    for col, row in enumerate(rows):
+        s = row["series"]
+        minutes = np.arange(len(s["adaptive"]["queue"])) * s["interval_seconds"] / 60
+        share_ax, queue_ax = axes[0][col], axes[1][col]
+        budget = 100 * s["budget"]
+        tolerance = 100 * BUDGET_TOLERANCE
+        share_ax.axhspan(budget - tolerance, budget + tolerance, color="0.85", label="budget ±2 pp")
+        share_ax.axhline(budget, color="k", linestyle="--", linewidth=0.8)
+        for policy in POLICIES:
+            share = np.array(s[policy]["window_share"], dtype=float)
+            share_ax.plot(minutes, 100 * share, color=COLORS[policy], linewidth=1, label=policy)
+            queue_ax.plot(minutes, s[policy]["queue"], color=COLORS[policy], linewidth=1)
+        queue_ax.axhline(
+            s["queue_target"], color="k", linestyle="--", linewidth=0.8, label="queue target"
+        )
+        for ax in (share_ax, queue_ax):
+            ax.axvline(s["calibration_end_seconds"] / 60, color="0.4", linestyle=":")
+            for t, _, step in s["events"]:
+                if step and t != s["calibration_end_seconds"]:
+                    ax.axvline(t / 60, color="0.4", linestyle=":")
+            ax.grid(True, alpha=0.3)
+        share_ax.set_title(f"budget {s['budget']:g} (seed {row['seed']})", fontsize=10)
+        share_ax.set_ylabel(f"escalated %, trailing {WINDOW_SECONDS:g} s")
+        queue_ax.set_yscale("symlog", linthresh=1)
+        queue_ax.set_ylim(bottom=0)
+        queue_ax.set_ylabel("top-tier queue per replica")
+        queue_ax.set_xlabel("minutes (dotted: end of calibration part, step events)")
+        if col == 0:
+            share_ax.legend(fontsize=8, loc="best")
+            queue_ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(
+        f"{rows[0]['trace']} ({rows[0]['score']} score): {rows[0]['description']}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def plots(rows: Sequence[dict[str, Any]], out: Path) -> dict[str, str]:
+    """A PNG per trace under `out`: trace name -> file name, for those written."""
+    written = {}
+    for trace in dict.fromkeys(r["trace"] for r in rows):
+        path = out / f"{trace}.png"
+        problem = plot([r for r in rows if r["trace"] == trace], path)
+        print(f"   {problem}" if problem else f"   wrote {path}")
+        if problem is None:
+            written[trace] = path.name
+    return written
 
 
 # -- provenance ------------------------------------------------------------------------------
@@ -453,8 +569,19 @@ def main() -> None:
         print(f"skipping mmlu: {args.data / 'mmlu'} not found", file=sys.stderr)
         cases = [c for c in cases if c[0] != "mmlu"]
     interval = parse_duration(args.interval)
+    plotted = min(args.seeds)  # the seed whose curves the PNGs draw
     jobs = [
-        (name, score, budget, seed, args.minutes, interval, str(args.data), args.from_spec)
+        (
+            name,
+            score,
+            budget,
+            seed,
+            args.minutes,
+            interval,
+            str(args.data),
+            args.from_spec,
+            seed == plotted,
+        )
         for name, score in cases
         for budget in args.budgets
         for seed in args.seeds
@@ -495,7 +622,9 @@ def main() -> None:
             )
     wall = time.monotonic() - started
 
-    lines, aggregates = report(rows, args.budgets)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pictures = plots(rows, args.out)
+    lines, aggregates = report(rows, args.budgets, pictures)
     header = [
         "# Adaptive vs static thresholds after a shift (bench/threshold_policy.py)",
         "",
@@ -514,7 +643,6 @@ def main() -> None:
     text = "\n".join([*header, *lines])
     print("\n" + text)
     print(f"== wall time {wall:.0f}s")
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text.rstrip() + "\n")
     payload = {
         "versions": found,
@@ -526,7 +654,7 @@ def main() -> None:
             "quality_pp": QUALITY_GOAL,
         },
         "aggregates": aggregates,
-        "runs": rows,
+        "runs": [{k: v for k, v in r.items() if k != "series"} for r in rows],  # curves: PNGs
     }
     (args.out / "results.json").write_text(
         json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n"
