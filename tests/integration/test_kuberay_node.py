@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -759,13 +759,16 @@ def test_a_tier_without_a_model_shows_as_degraded_with_serves_message(
             # the one this test is about)
             return status if (cond.get("status"), cond.get("reason")) == failed else {}
 
-        try:
-            status = wait_until(degraded, timeout=360, component="ModelTier",
-                                what="Degraded (ApplicationFailed)", interval=3,
-                                retry=(ComponentError,))  # fmt: skip
-        except ComponentError as exc:
-            seen = (get(stack, "modeltier", name) or {}).get("status")
-            raise AssertionError(f"{exc}\nstatus: {seen}") from exc
+        def until(check: Callable[[], Any], what: str, timeout: float) -> Any:
+            """`check`'s first truthy value; on timeout, an AssertionError with the status."""
+            try:
+                return wait_until(check, timeout=timeout, component="ModelTier", what=what,
+                                  interval=3, retry=(ComponentError,))  # fmt: skip
+            except ComponentError as exc:
+                seen = (get(stack, "modeltier", name) or {}).get("status")
+                raise AssertionError(f"{exc}\nstatus: {seen}") from exc
+
+        status = until(degraded, "Degraded (ApplicationFailed)", timeout=360)
         cond = condition(status, "Degraded")
         assert condition(status, "Ready")["status"] == "False"
         # Serve gives up after 3 failed starts: the application failed, naming a failed tier
@@ -785,13 +788,7 @@ def test_a_tier_without_a_model_shows_as_degraded_with_serves_message(
                        for tier, words in expected.items())  # fmt: skip
             return tiers if said else {}
 
-        try:
-            tiers = wait_until(explained, timeout=240, component="ModelTier",
-                               what="each tier's vLLM error in status", interval=3,
-                               retry=(ComponentError,))  # fmt: skip
-        except ComponentError as exc:
-            seen = (get(stack, "modeltier", name) or {}).get("status")
-            raise AssertionError(f"{exc}\nstatus: {seen}") from exc
+        tiers = until(explained, "each tier's vLLM error in status", timeout=240)
         assert not tiers["small"]["ready"] and not tiers["large"]["ready"]
     finally:
         kubectl(stack.cp, "delete", "modeltier", name, "-n", NAMESPACE, "--wait=true",
