@@ -177,8 +177,10 @@ def test_a_request_that_fails_after_climbing_is_charged_for_what_it_wasted() -> 
         large = FakeTier("large", Reply(raises=RuntimeError("down")))
         engine = CascadeEngine({"small": small, "large": large}, IngressMetrics("m", sink))
         call = Call(completion(), False, "m")
+        # fallback none: the failed climb is an error (the default would keep small's answer)
+        cfg, plan = config(fallback="none"), Plan(0, "cascade", True)
         with pytest.raises(TierUnavailable):
-            await engine.run(config(), Plan(0, "cascade", True), call, Deadline(60.0, engine.clock))
+            await engine.run(cfg, plan, call, Deadline(60.0, engine.clock))
         return sink
 
     sink = asyncio.run(scenario())

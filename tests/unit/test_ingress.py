@@ -1116,3 +1116,32 @@ async def test_spillover_sends_a_saturated_tiers_request_by_its_own_policy() -> 
         spillover="previousTier",
     )
     assert (await s.post(model=f"{MODEL}:large")).status_code == 503
+
+
+@aio
+async def test_a_failed_climb_keeps_the_lower_answer_it_already_has() -> None:
+    """nextTier (the default), the top tier dies mid-escalation: the request gets the lower
+    tier's whole answer, marked as a fallback, instead of a 503 (a top-tier worker lost took
+    34 of 60 escalated requests with it on the node). Streams hold only their first tokens,
+    so they keep it only under previousTier; fallback none keeps the error it asked for."""
+    for error in (RuntimeError("worker died"), full(1.0)):
+        small = FakeTier("small", Reply(text="41", logprobs=[UNSURE]))
+        s = priced_stack(small, FakeTier("large", Reply(raises=error)))
+        r = await s.post()
+        assert info(r) == ("small", False, "fallback:large"), error
+        assert r.json()["choices"][0]["text"] == "41" and len(small.requests) == 1
+        assert bill(r)["tiers"] == [line("small", "answer", 3, 2)]  # kept: not waste
+        reason = "error" if isinstance(error, RuntimeError) else "overloaded"
+        assert s.metric("tierserve_fallbacks", from_tier="large", to_tier="small",
+                        reason=reason) == 1  # fmt: skip
+    s = stack(
+        FakeTier("small", Reply(logprobs=[UNSURE])),
+        FakeTier("large", Reply(raises=RuntimeError("x"))),
+    )
+    assert (await s.post(stream=True)).status_code == 503
+    s = stack(
+        FakeTier("small", Reply(logprobs=[UNSURE])),
+        FakeTier("large", Reply(raises=RuntimeError("x"))),
+        fallback="none",
+    )
+    assert (await s.post()).status_code == 503

@@ -307,7 +307,8 @@ class CascadeEngine:
         self, cfg: IngressConfig, plan: Plan, call: Call, deadline: Deadline, tab: Tab
     ) -> Outcome:
         refused: set[int] = set()  # tiers that failed or were full during this request
-        # Lower answers kept while a higher tier is tried, for previousTier to come back to.
+        # Lower answers kept while a higher tier is tried: for previousTier to come back to,
+        # and (whole ones) for when nothing above answers.
         parked: dict[int, Attempt] = {}
         index, climbed, score, reason = plan.start, False, None, plan.reason
         capped = not exempt(plan)
@@ -336,7 +337,7 @@ class CascadeEngine:
                     return Outcome(attempt, climbed, score, cap)
                 tab.climbed[index] = line
                 self.metrics.escalation(tier, above, "low-confidence")
-                if cfg.parks:
+                if cfg.parks or not attempt.stream:  # a whole answer costs nothing to keep
                     parked[index] = attempt
                 else:
                     await attempt.close()
@@ -439,7 +440,25 @@ class CascadeEngine:
             refused.add(i)
             policy = cfg.spill if i in refusals.busy else str(cfg.fallback)
             at = next_tier(n_tiers, i, policy, refused)
+        held = self._held(parked, policy, deadline)
+        if held is not None:
+            moved = "overloaded" if index in refusals.busy else "error"
+            self.metrics.fallback(cfg.tiers[index].name, held.tier.name, moved)
+            return held
         raise refusals.error(cfg, deadline)
+
+    @staticmethod
+    def _held(parked: dict[int, Attempt], policy: str, deadline: Deadline) -> Attempt | None:
+        """The best answer an escalated request already holds, when nothing above it could
+        answer: better than an error (a top tier that died would otherwise turn every escalated
+        request into a 503). Not when the refusing policy is `none` (the spec asked for the
+        error), nor a held stream past the deadline (its tail could not be read in time)."""
+        if not parked or policy == "none":
+            return None
+        best = max(parked)
+        if parked[best].stream and deadline.left() <= 0:
+            return None
+        return parked.pop(best)
 
     async def _try(
         self,
