@@ -33,6 +33,10 @@ def app_name(namespace: str, name: str) -> str:
 # advertises just enough for it (and Serve's controller, which takes none): tier replicas, which
 # need more, land on the worker groups.
 ROUTER_CPUS = 0.5
+# A Ray custom resource only the KubeRay head advertises, one per router replica: the router
+# asks for it, so Serve can place it nowhere else (seen on the node without it: Serve put the
+# router on a tier's worker, and losing that worker took the router with it).
+ROUTER_RESOURCE = "TierserveRouter"
 # Ray CPUs of one LLMServer replica actor (ray.serve.llm's default num_cpus). Ray Serve LLM
 # merges them into the tier's first placement bundle, so a worker pod needs them on top of the
 # engine's bundles.

@@ -252,6 +252,8 @@ def expected_rules(peering: str | None = None) -> set[tuple[str, str, str]]:
         ("ray.io", "rayservices", "get"),
         ("ray.io", "rayservices", "create"),
         ("ray.io", "rayservices", "patch"),
+        ("ray.io", "rayclusters", "get"),
+        ("ray.io", "rayclusters", "patch"),
         ("", "events", "create"),
         ("", "pods", "list"),
     }
@@ -1044,7 +1046,10 @@ CAN_I: list[tuple[str, bool]] = [
     ("update modeltiers.tierserve.io --subresource=status", False),  # patch only
     ("delete rayservices.ray.io", False),  # garbage collection removes them
     ("list rayservices.ray.io", False),
-    ("get rayclusters.ray.io", False),
+    ("get rayclusters.ray.io", True),  # worker-group bounds KubeRay does not copy
+    ("patch rayclusters.ray.io", True),
+    ("list rayclusters.ray.io", False),
+    ("delete rayclusters.ray.io", False),
     ("get secrets", False),
     ("list configmaps", False),
     ("list pods", True),  # read only: pods that cannot run show as Degraded

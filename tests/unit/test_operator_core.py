@@ -4,6 +4,7 @@ Kubernetes API (server-side apply, reading Serve's status and the live threshold
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tierserve.build import render
 from tierserve.controller import kuberay
 from tierserve.controller import status as st
 from tierserve.controller.backend import Action, AppState, BackendError, DeploymentState
-from tierserve.controller.kuberay import APPLY, FIELD_MANAGER, KubeRay, observe
+from tierserve.controller.kuberay import APPLY, FIELD_MANAGER, KubeRay, bound_patch, observe
 
 pytestmark = pytest.mark.unit
 
@@ -126,21 +127,49 @@ def test_the_api_servers_numbers_read_back_equal() -> None:
 
 
 class FakeCustomObjects:
-    """The two calls the kuberay backend makes, against one stored RayService."""
+    """The calls the kuberay backend makes, against one stored RayService and the RayClusters
+    KubeRay would have made for it (`clusters`, patched by JSON patch as the API server does)."""
 
     def __init__(self) -> None:
         self.live: dict[str, Any] | None = None
         self.applies: list[dict[str, Any]] = []
         self.fail: ApiException | None = None
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.cluster_patches: list[list[dict[str, Any]]] = []
 
-    def get_namespaced_custom_object(self, *args: str) -> dict[str, Any]:
+    def get_namespaced_custom_object(self, *args: str, **kw: Any) -> dict[str, Any]:
+        if args[3] == "rayclusters":
+            if args[4] not in self.clusters:
+                raise ApiException(status=404, reason="Not Found")
+            return copy.deepcopy(self.clusters[args[4]])
         if self.live is None:
             raise ApiException(status=404, reason="Not Found")
         return self.live
 
+    def _json_patch(self, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        assert name in self.clusters
+        cluster = copy.deepcopy(self.clusters[name])
+        for op in ops:
+            *parents, key = op["path"].strip("/").split("/")
+            at: Any = cluster
+            for part in parents:
+                at = at[int(part)] if isinstance(at, list) else at[part]
+            if op["op"] == "test":
+                if at.get(key) != op["value"]:
+                    raise ApiException(status=422, reason="test failed")
+            else:
+                assert op["op"] == "add" or key in at, op
+                at[key] = op["value"]
+        self.clusters[name] = cluster
+        self.cluster_patches.append(ops)
+        return cluster
+
     def patch_namespaced_custom_object(
         self, group: str, version: str, ns: str, plural: str, name: str, body: Any, **kw: Any
     ) -> dict[str, Any]:
+        if plural == "rayclusters":
+            assert kw["_content_type"] == "application/json-patch+json"
+            return self._json_patch(name, body)
         assert (kw["field_manager"], kw["force"], kw["_content_type"]) == (
             FIELD_MANAGER,
             True,
@@ -171,6 +200,54 @@ def test_kuberay_applies_server_side_and_reports_what_changed() -> None:
     assert run(KubeRay(mt(), api), 0.6)[0] == Action.UNCHANGED  # type: ignore[arg-type]
     action, seen = run(KubeRay(mt(), api), 0.65)  # type: ignore[arg-type]
     assert action == Action.UPDATED and seen.threshold == 0.65
+
+
+def on_cluster(model: ModelTier, api: FakeCustomObjects) -> KubeRay:
+    """The kuberay backend over the fake API, with no pods to list."""
+    return KubeRay(model, api, FakeCore({}))  # type: ignore[arg-type]
+
+
+def test_kuberay_gives_the_running_raycluster_new_worker_group_bounds() -> None:
+    """KubeRay never copies a RayService's worker-group bounds to its RayCluster (they are
+    outside its spec hash): the operator patches them, leaving everything else as KubeRay made
+    it, and only when they differ."""
+    api = FakeCustomObjects()
+    run(on_cluster(mt(), api), 0.6)
+    made = render.ray_service(mt(), threshold=0.6)["spec"]["rayClusterConfig"]
+    group = made["workerGroupSpecs"][0]["groupName"]
+    api.live["status"] = {"activeServiceStatus": {"rayClusterName": "c1"}}  # type: ignore[index]
+    api.clusters["c1"] = {"spec": copy.deepcopy(made)}
+    assert run(on_cluster(mt(), api), 0.6)[0] == Action.UNCHANGED and not api.cluster_patches
+    wider = mt()
+    wider.spec.tiers[0].replicas.max = 3
+    wider.spec.tiers[0].replicas.min = 2
+    api.clusters["c1"]["spec"]["workerGroupSpecs"][0]["replicas"] = 1  # the autoscaler's
+    assert run(on_cluster(wider, api), 0.6)[0] == Action.UPDATED
+    want = render.ray_service(wider)["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    have = api.clusters["c1"]["spec"]["workerGroupSpecs"][0]
+    assert (have["minReplicas"], have["maxReplicas"]) == (want["minReplicas"], want["maxReplicas"])
+    assert have["replicas"] == want["minReplicas"]  # raised into the new bounds
+    assert have["template"] == made["workerGroupSpecs"][0]["template"]
+    assert api.cluster_patches[0][0] == {
+        "op": "test", "path": "/spec/workerGroupSpecs/0/groupName", "value": group
+    }  # fmt: skip
+    assert run(on_cluster(wider, api), 0.6)[0] == Action.UNCHANGED and len(api.cluster_patches) == 1
+    # A cluster KubeRay has not made yet, or one that cannot be read: the RayService still is.
+    api.live["status"] = {"pendingServiceStatus": {"rayClusterName": "c2"}}  # type: ignore[index]
+    assert run(on_cluster(mt(), api), 0.6)[0] == Action.UPDATED  # the RayService's bounds back
+
+
+def test_bound_patch_skips_groups_the_rayservice_does_not_have() -> None:
+    desired = {"spec": {"rayClusterConfig": {"workerGroupSpecs": [
+        {"groupName": "gpu1", "minReplicas": 1, "maxReplicas": 4}]}}}  # fmt: skip
+    cluster = {"spec": {"workerGroupSpecs": [
+        {"groupName": "old", "minReplicas": 0, "maxReplicas": 1},
+        {"groupName": "gpu1", "minReplicas": 1, "maxReplicas": 2, "replicas": 3}]}}  # fmt: skip
+    assert bound_patch(desired, cluster) == [
+        {"op": "test", "path": "/spec/workerGroupSpecs/1/groupName", "value": "gpu1"},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/1/maxReplicas", "value": 4},
+    ]
+    assert bound_patch(desired, {"spec": {}}) == []
 
 
 def test_kuberay_reads_serves_status_and_the_threshold_from_the_rayservice() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,25 @@ def test_every_replica_fits_a_pod_of_its_worker_group_and_the_router_fits_the_he
         <= head_cpus
         < names.LLM_REPLICA_CPUS + min(s.cpus_per_replica for s in mt.spec.tiers)
     )
+
+
+def test_the_router_is_pinned_to_the_head_on_kuberay_only() -> None:
+    """Only the head advertises the router's custom resource and only the router asks for it:
+    Serve cannot put the router on a tier's worker (whose loss would take the router along).
+    The external backend's cluster has no such resource, so its router asks for none."""
+    mt = load("three-tier-upfront.yaml")
+    rs = render.ray_service(mt)
+    cluster = rs["spec"]["rayClusterConfig"]
+    params = cluster["headGroupSpec"]["rayStartParams"]
+    # KubeRay passes the value to `ray start --resources=` through a shell: a quoted JSON string
+    assert json.loads(json.loads(params["resources"])) == {names.ROUTER_RESOURCE: 1}
+    assert all("resources" not in g["rayStartParams"] for g in cluster["workerGroupSpecs"])
+    deployments = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+    options = {d["name"]: d.get("ray_actor_options") for d in deployments}
+    assert options.pop(names.INGRESS_DEPLOYMENT) == {
+        "num_cpus": names.ROUTER_CPUS,
+        "resources": {names.ROUTER_RESOURCE: 1},
+    }
+    assert set(options.values()) == {None}  # the tiers keep ray.serve.llm's placement
+    external = render.serve_application(mt)["deployments"]
+    assert all("ray_actor_options" not in d for d in external)

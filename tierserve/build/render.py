@@ -10,6 +10,7 @@ lives in the router's `user_config`, which Serve applies in place: no replica re
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +40,7 @@ from tierserve.names import (
     LLM_REPLICA_CPUS,
     MANAGED_BY,
     ROUTER_CPUS,
+    ROUTER_RESOURCE,
     SERVE_PORT,
     app_name,
     tier_deployment_name,
@@ -299,6 +301,9 @@ def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, A
     name, namespace = mt.metadata["name"], mt.metadata.get("namespace", "default")
     app = serve_application(mt, threshold=threshold)
     app["name"] = name  # one app per RayService: no namespacing needed
+    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_DEPLOYMENT)
+    # Serve takes a config's ray_actor_options whole, so the CPUs are restated.
+    ingress["ray_actor_options"] = {"num_cpus": ROUTER_CPUS, "resources": {ROUTER_RESOURCE: 1}}
     head_resources = {"cpu": "2", "memory": "8Gi"}
     head = _container("ray-head", image, head_resources)
     head["ports"] = [
@@ -325,9 +330,11 @@ def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, A
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {
                     # The head takes the router replica, no tier replica: GPUs stay for the
-                    # tiers, and a tier replica needs more than the router's CPUs.
+                    # tiers, a tier replica needs more than the router's CPUs, and the router
+                    # needs the head's ROUTER_RESOURCE.
                     "rayStartParams": {
                         "num-cpus": str(math.ceil(ROUTER_CPUS)),
+                        "resources": json.dumps(json.dumps({ROUTER_RESOURCE: 1})),
                         "dashboard-host": "0.0.0.0",
                     },
                     "template": pod_template(head, mt.spec.ray, mt.spec.ray.head),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 from typing import Any, cast
 
@@ -34,6 +35,11 @@ from tierserve.controller.serve_client import DeployConfig
 from tierserve.names import INGRESS_DEPLOYMENT
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+CLUSTERS = "rayclusters"
+JSON_PATCH = "application/json-patch+json"
+BOUNDS = ("minReplicas", "maxReplicas")
+
+logger = logging.getLogger("tierserve.controller")
 FIELD_MANAGER = "tierserve"
 APPLY = "application/apply-patch+yaml"  # the client sends the dict as JSON, which is YAML
 
@@ -120,6 +126,44 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[str, ...]:
             # being added), so it comes after them in the (truncated) condition message.
             out.append((found.startswith("Unschedulable"), f"pod {name}: {found}"))
     return tuple(line for _, line in sorted(out))
+
+
+def bound_patch(desired: dict[str, Any], cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON-patch operations that give a RayCluster's worker groups the bounds the RayService
+    asks for ([] when they have them).
+
+    KubeRay leaves replicas and their bounds out of the spec hash it compares (the Ray
+    autoscaler owns `replicas`), so it never copies new bounds from a RayService to a running
+    RayCluster: without this a tier raised past its first `replicas.max` gets no new worker.
+    Each group's operations start with a `test` of its name, so a list that changed order
+    under us fails the patch instead of bounding the wrong group; `replicas` is clamped into
+    the new bounds, as KubeRay itself would read it."""
+    config = (desired.get("spec") or {}).get("rayClusterConfig") or {}
+    want = {g["groupName"]: g for g in config.get("workerGroupSpecs") or []}
+    ops: list[dict[str, Any]] = []
+    for i, group in enumerate((cluster.get("spec") or {}).get("workerGroupSpecs") or []):
+        goal = want.get(group.get("groupName"))
+        if goal is None:
+            continue
+        path = f"/spec/workerGroupSpecs/{i}"
+        changes = [
+            {
+                "op": "replace" if key in group else "add",
+                "path": f"{path}/{key}",
+                "value": goal[key],
+            }
+            for key in BOUNDS
+            if group.get(key) != goal[key]
+        ]
+        if not changes:
+            continue
+        ops += [{"op": "test", "path": f"{path}/groupName", "value": group["groupName"]}, *changes]
+        replicas = group.get("replicas")
+        if isinstance(replicas, int):
+            clamped = min(max(replicas, goal["minReplicas"]), goal["maxReplicas"])
+            if clamped != replicas:
+                ops.append({"op": "replace", "path": f"{path}/replicas", "value": clamped})
+    return ops
 
 
 def observe(live: dict[str, Any] | None, app: str) -> Observed:
@@ -243,6 +287,28 @@ class KubeRay:
             pods += [client.ApiClient().sanitize_for_serialization(p) for p in found.items]
         return pod_problems(pods)
 
+    def _bound_clusters(self, desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+        """Gives the RayService's clusters the worker-group bounds it asks for (see
+        `bound_patch`); True when one was patched. A cluster that cannot be read or patched
+        (not made yet, an older chart without the `rayclusters` rule, a list that moved) is
+        left for the next reconcile: the RayService itself is already right."""
+        patched = False
+        for name in cluster_names(live):
+            try:
+                cluster = self.api.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, CLUSTERS, name, _request_timeout=10
+                )
+                ops = bound_patch(desired, cast(dict[str, Any], cluster))
+                if ops:
+                    self.api.patch_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, CLUSTERS, name, ops,
+                        _content_type=JSON_PATCH, _request_timeout=10,
+                    )  # fmt: skip
+                    patched = True
+            except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                logger.warning("worker-group bounds of RayCluster %s not set: %s", name, exc)
+        return patched
+
     async def observe(self) -> Observed:
         self._live = await asyncio.to_thread(self._get)
         self._observed = True
@@ -256,10 +322,12 @@ class KubeRay:
         before = self._live
         after = await asyncio.to_thread(self._apply, desired)
         self._live = after
+        bounded = await asyncio.to_thread(self._bound_clusters, desired, after)
         if before is None:
             action = Action.CREATED
         else:
-            action = Action.UPDATED if _changed(before, after) else Action.UNCHANGED
+            changed = _changed(before, after) or bounded
+            action = Action.UPDATED if changed else Action.UNCHANGED
         return action, replace(observe(after, self.application), pod_problems=self._pods)
 
     async def remove(self) -> bool:

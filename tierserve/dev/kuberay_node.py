@@ -451,8 +451,9 @@ def tiny_kuberay_modeltier(
     for tier in doc["spec"]["tiers"]:
         # Ray's logical CPUs come from the limit (KubeRay sets num-cpus from it): a CPU tier's
         # replica needs 2 (ray.serve.llm puts the replica actor's CPU into its placement
-        # bundle with the engine's) and the router 0.5 more (the head has num-cpus 0), so 3 per
-        # worker; the request stays small so both workers and the head fit on 2 cores.
+        # bundle with the engine's); the third is headroom (the router is pinned to the head:
+        # render.ROUTER_RESOURCE); the request stays small so both workers and the head fit on
+        # 2 cores.
         tier["pod"] = pod("500m", "3", "5Gi")
     return doc
 
