@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -713,10 +714,14 @@ def test_pods_that_cannot_run_show_as_degraded_with_the_kubelets_message(
     break_it(doc["spec"]["ray"])
     kubectl(stack.cp, "apply", "-f", "-", input=yaml.safe_dump(doc))
     try:
+        applied = time.monotonic()
+        reasons: dict[str, float] = {}  # Degraded=True reason -> seconds until first seen
 
         def degraded() -> dict[str, Any]:
             status = (get(stack, "modeltier", name) or {}).get("status") or {}
             cond = condition(status, "Degraded")
+            if cond.get("status") == "True":
+                reasons.setdefault(str(cond.get("reason")), time.monotonic() - applied)
             found = cond.get("reason") == "PodsFailing" and expected in cond.get("message", "")
             return status if found else {}
 
@@ -765,10 +770,14 @@ def test_a_tier_without_a_model_shows_as_degraded_with_serves_message(
     doc["spec"]["tiers"][1]["model"]["source"] = f"{mount}/missing"
     kubectl(stack.cp, "apply", "-f", "-", input=yaml.safe_dump(doc))
     try:
+        applied = time.monotonic()
+        reasons: dict[str, float] = {}  # Degraded=True reason -> seconds until first seen
 
         def degraded() -> dict[str, Any]:
             status = (get(stack, "modeltier", name) or {}).get("status") or {}
             cond = condition(status, "Degraded")
+            if cond.get("status") == "True":
+                reasons.setdefault(str(cond.get("reason")), time.monotonic() - applied)
             # (a pod may be PodsFailing for a moment on a starved machine; Serve's verdict is
             # the one this test is about)
             return status if (cond.get("status"), cond.get("reason")) == failed else {}
@@ -784,6 +793,9 @@ def test_a_tier_without_a_model_shows_as_degraded_with_serves_message(
 
         status = until(degraded, "Degraded (ApplicationFailed)", timeout=360)
         cond = condition(status, "Degraded")
+        print(f"Degraded reasons, seconds after apply: {reasons}")
+        # While Serve still retried (minutes of engine starts), Degraded already said so.
+        assert reasons.get("ReplicasFailing", math.inf) < reasons["ApplicationFailed"], reasons
         assert condition(status, "Ready")["status"] == "False"
         # Serve gives up after 3 failed starts: the application failed, naming a failed tier
         # (the first to fail; the other may still be retrying)...

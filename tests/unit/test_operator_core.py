@@ -73,6 +73,27 @@ def test_one_unhealthy_tier_is_not_ready_and_says_why() -> None:
     assert st.tier_statuses(mt(), None)[0].message == "not deployed"
 
 
+def test_a_replica_serve_retries_is_degraded_before_serve_gives_up() -> None:
+    """Serve retries a replica whose constructor raised for minutes (each retry an engine
+    start) with the application still DEPLOYING: Degraded says so then, with Serve's words,
+    not only once the retries have run out."""
+    app = healthy("DEPLOYING")
+    retrying = (
+        "A replica failed to start with exception. Retrying 2 more time(s). Error:\n"
+        "ValueError: Invalid repository ID or local directory specified: '/models/small'"
+    )
+    app.deployments["tier-small"] = DeploymentState("UPDATING", retrying)
+    got = conditions(app)
+    reason, message = got[ConditionType.DEGRADED][1:]
+    assert got[ConditionType.DEGRADED][0] is True and reason == "ReplicasFailing"
+    assert message.startswith("tier-small: A replica failed to start") and "\n" not in message
+    assert "/models/small" in message
+    assert got[ConditionType.READY] == (False, "ReplicasFailing", message)
+    # Still loading (no failure yet) is progress, not an error.
+    app.deployments["tier-small"] = DeploymentState("UPDATING", "loading weights")
+    assert conditions(app)[ConditionType.DEGRADED][0] is False
+
+
 def test_errors_block_with_their_reason() -> None:
     error = BackendError(ConditionReason.RAY_SERVICE_REJECTED, "admission webhook said no")
     got = conditions(healthy(), error)

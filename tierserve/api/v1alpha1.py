@@ -1425,6 +1425,7 @@ class ConditionReason(StrEnum):
     AS_EXPECTED = "AsExpected"
     APPLICATION_FAILED = "ApplicationFailed"
     PODS_FAILING = "PodsFailing"
+    REPLICAS_FAILING = "ReplicasFailing"
     INVALID_SPEC = "InvalidSpec"
     RAY_SERVICE_CRD_MISSING = "RayServiceCRDMissing"
     RAY_SERVICE_REJECTED = "RayServiceRejected"

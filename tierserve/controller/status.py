@@ -35,6 +35,21 @@ from tierserve.names import INGRESS_DEPLOYMENT, tier_deployment_name
 
 HEALTHY = "HEALTHY"
 FAILED_APP_STATES = {ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY}
+# Serve's deployment message while it retries a replica whose constructor raised (vLLM could
+# not load the model, the engine ran out of memory): the deployment stays UPDATING for minutes
+# (several engine starts) before the application turns DEPLOY_FAILED.
+SERVE_RETRYING = "failed to start"
+
+
+def failing_replicas(app: AppState) -> list[str]:
+    """`<deployment>: <Serve's message>` for each deployment whose replicas fail to start."""
+    return [
+        f"{name}: {dep.message}"
+        for name, dep in sorted(app.deployments.items())
+        if dep.status != HEALTHY and SERVE_RETRYING in dep.message.lower()
+    ]
+
+
 Reason = ConditionReason
 
 
@@ -190,6 +205,8 @@ def serving_conditions(
     elif app is not None and state in FAILED_APP_STATES:
         message = _one_line(app.message) or f"Serve application is {state}"
         degraded = (True, Reason.APPLICATION_FAILED, message)
+    elif app is not None and (failing := failing_replicas(app)):
+        degraded = (True, Reason.REPLICAS_FAILING, _one_line("; ".join(failing)))
     elif pod_problems:
         shown = "; ".join(pod_problems[:3])
         more = f" (and {len(pod_problems) - 3} more)" if len(pod_problems) > 3 else ""
