@@ -519,6 +519,36 @@ def test_killing_the_small_tier_during_traffic_loses_no_request(app: TieredApp) 
     assert fell_back and all(a["tier"] == "large" for a in fell_back)
 
 
+def test_killing_the_top_tier_during_escalations_answers_with_the_lower_tier(
+    app: TieredApp,
+) -> None:
+    """Every request escalates (threshold 0); the large tier's replica is killed. There is no
+    tier above it, so each request that meets the dead tier (timed out, then its breaker open)
+    gets the small answer it already holds, marked fallback:large, instead of a 503. Runs last:
+    Serve is still restarting the large tier when the module's app is removed."""
+    app.route(mode="cascade", escalation={"threshold": 0.0}, requestTimeoutSeconds=4)
+    assert complete(app, "12+34=").json()["tierserve"]["tier"] == "large"
+    results: list[httpx.Response] = []
+    stop = time.monotonic() + 30
+
+    def traffic() -> None:
+        while time.monotonic() < stop and len(results) < 300:
+            results.append(complete(app, "12+34="))
+
+    with futures.ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(traffic) for _ in range(3)]
+        time.sleep(2)
+        killed = kill_replica(f"ServeReplica:{app.name}:tier-large")
+        for f in running:
+            f.result()
+    assert killed, "no large-tier replica process found to kill"
+    lost = [(r.status_code, r.text[:200]) for r in results if r.status_code != 200]
+    assert not lost, f"{len(lost)}/{len(results)} not answered: {lost[:3]}"
+    answered = [r.json()["tierserve"] for r in results]
+    kept = [a for a in answered if a["reason"] == "fallback:large"]
+    assert kept and all((a["tier"], a["escalated"]) == ("small", False) for a in kept), kept[:3]
+
+
 def kill_replica(title: str) -> list[int]:
     """SIGKILLs the Ray worker whose process title names the replica (a real crash)."""
     out = subprocess.run(["pgrep", "-f", title], capture_output=True, text=True, check=False)
