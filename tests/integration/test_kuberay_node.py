@@ -455,7 +455,9 @@ def test_an_operator_pod_deleted_mid_reconcile_is_replaced_and_duplicates_nothin
             wait_until(lambda: router_threshold(base) == pytest.approx(new_threshold),
                        timeout=90, component="router", what=f"using threshold {new_threshold}",
                        interval=2, retry=(httpx.HTTPError,))  # fmt: skip
-        assert owned() == (services, clusters), "a RayService or RayCluster was created again"
+        assert owned() == (services, clusters), (
+            f"a RayService or RayCluster was created again: {why_new_cluster(stack)}"
+        )
         after = pods_now(stack)
         assert_untouched(ray_pods, after)
         assert len([p for p in operator_pods() if not p["metadata"].get("deletionTimestamp")]) == 1
@@ -463,6 +465,31 @@ def test_an_operator_pod_deleted_mid_reconcile_is_replaced_and_duplicates_nothin
         with contextlib.suppress(ComponentError):
             patch(stack, [{"op": "replace", "path": "/spec/routing/escalation/threshold",
                            "value": served["escalation"]["threshold"]}])  # fmt: skip
+
+
+def why_new_cluster(stack: kuberay_node.Stack) -> str:
+    """What a failure needs to say why KubeRay made another RayCluster: who wrote the RayService
+    when (managedFields), and each cluster's spec hash and how its spec differs from the
+    RayService's rayClusterConfig now."""
+    rs = json.loads(kubectl(stack.cp, "get", "rayservice", NAME, "-n", NAMESPACE, "-o", "json",
+                            "--show-managed-fields").stdout)  # fmt: skip
+    writers = [(m.get("manager"), m.get("operation"), m.get("subresource"), m.get("time"))
+               for m in rs["metadata"].get("managedFields", [])]  # fmt: skip
+    want = rs["spec"]["rayClusterConfig"]
+    out = [f"RayService writers {writers}"]
+    found = json.loads(
+        kubectl(stack.cp, "get", "rayclusters", "-n", NAMESPACE, "-o", "json").stdout
+    )
+    for rc in found["items"]:
+        meta = rc["metadata"]
+        hashed = meta.get("annotations", {}).get(
+            "ray.io/hash-without-replicas-and-workers-to-delete"
+        )
+        diff = sorted(k for k in set(want) | set(rc["spec"]) if want.get(k) != rc["spec"].get(k))
+        differs = {k: (want.get(k), rc["spec"].get(k)) for k in diff if k != "workerGroupSpecs"}
+        out.append(f"{meta['name']} created {meta['creationTimestamp']} hash {hashed} "
+                   f"differs in {diff}: {json.dumps(differs)[:1500]}")  # fmt: skip
+    return "\n".join(out)
 
 
 def kill_tier_worker_under_traffic(

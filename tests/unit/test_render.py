@@ -165,8 +165,10 @@ def test_the_router_is_pinned_to_the_head_on_kuberay_only() -> None:
     rs = render.ray_service(mt)
     cluster = rs["spec"]["rayClusterConfig"]
     params = cluster["headGroupSpec"]["rayStartParams"]
-    # KubeRay passes the value to `ray start --resources=` through a shell: a quoted JSON string
-    assert json.loads(json.loads(params["resources"])) == {names.ROUTER_RESOURCE: 1}
+    # KubeRay passes it to `ray start --resources=` through a shell: single-quoted JSON
+    resources = params["resources"]
+    assert resources[0] == resources[-1] == "'" and " " not in resources
+    assert json.loads(resources[1:-1]) == {names.ROUTER_RESOURCE: 1}
     assert all("resources" not in g["rayStartParams"] for g in cluster["workerGroupSpecs"])
     deployments = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["deployments"]
     options = {d["name"]: d.get("ray_actor_options") for d in deployments}

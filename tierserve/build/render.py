@@ -293,6 +293,12 @@ def _quantity(cpus: float) -> str:
     return str(int(cpus)) if float(cpus).is_integer() else f"{int(cpus * 1000)}m"
 
 
+# `ray start --resources` as KubeRay writes it itself (single-quoted compact JSON): it reaches
+# the shell intact, and KubeRay's own parser reads it (the escaped double-quoted form of its
+# older samples logs "failed to unmarshal resources" on every pod it builds).
+RAY_START_RESOURCES = "'" + json.dumps({ROUTER_RESOURCE: 1}, separators=(",", ":")) + "'"
+
+
 def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, Any]:
     """The KubeRay RayService for the kuberay backend, owned by the ModelTier."""
     image = mt.spec.ray.image
@@ -334,7 +340,7 @@ def ray_service(mt: ModelTier, *, threshold: float | None = None) -> dict[str, A
                     # needs the head's ROUTER_RESOURCE.
                     "rayStartParams": {
                         "num-cpus": str(math.ceil(ROUTER_CPUS)),
-                        "resources": json.dumps(json.dumps({ROUTER_RESOURCE: 1})),
+                        "resources": RAY_START_RESOURCES,
                         "dashboard-host": "0.0.0.0",
                     },
                     "template": pod_template(head, mt.spec.ray, mt.spec.ray.head),
