@@ -160,13 +160,17 @@ def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | No
     README tells users to on every upgrade. Waits (bounded) until the pod is ready."""
     apply_tierserve_crds(cp)
     from tierserve.dev.controlplane.build import ensure_helm
-    from tierserve.dev.images import REFS
+    from tierserve.dev.images import REFS, image_hash
 
     repository, tag = REFS["operator"].rsplit(":", 1)
     values = {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [namespace] if namespace else [],
         "operator": {"resyncSeconds": 5},
+        # The tag stays while the image changes: the hash of what went into it rolls the
+        # Deployment, or the operator pod kept in etcd from an earlier run (started by the
+        # kubelet before this image was imported) would go on running the old code.
+        "podAnnotations": {"tierserve.io/image-hash": image_hash("operator")},
     }
     values_file = state / "operator-values.yaml"
     values_file.write_text(yaml.safe_dump(values))
