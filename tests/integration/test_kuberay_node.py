@@ -492,12 +492,16 @@ def why_new_cluster(stack: kuberay_node.Stack) -> str:
     return "\n".join(out)
 
 
+AFTER_KILL = 30.0
+
+
 def kill_tier_worker_under_traffic(
-    stack: kuberay_node.Stack, tier: str, tmp_path: Path
+    stack: kuberay_node.Stack, tier: str, tmp_path: Path, requests: int = 400
 ) -> list[tuple[int, str, str]]:
     """Force-deletes (`kubectl delete pod --force --grace-period=0`) the worker pod that runs
-    `tier`'s replica while 60 held-out sums run 4 at a time; waits until Serve runs the tier on
-    a new worker and the ModelTier is Ready 2/2 again. (HTTP status, tier, reason) per request."""
+    `tier`'s replica while held-out sums run 4 at a time, until AFTER_KILL seconds after the
+    kill (at most `requests`); waits until Serve runs the tier on a new worker and the
+    ModelTier is Ready 2/2 again. (HTTP status, tier, reason) per request."""
     replicas = serve_replicas(stack)
     tier_ips = {ip for _, state, ip in replicas[f"tier-{tier}"] if state == "RUNNING"}
     router_ips = {ip for _, state, ip in replicas["Ingress"] if state == "RUNNING"}
@@ -513,8 +517,11 @@ def kill_tier_worker_under_traffic(
         if p["status"].get("podIP") in tier_ips
     ]
     assert len(victims) == 1, (replicas, victims)
-    prompts = read_heldout(ensure_models().heldout)[:60]
+    prompts = read_heldout(ensure_models().heldout)
     began = time.monotonic()
+    answered: list[tuple[int, str, str]] = []
+    stop_at: list[float] = []  # traffic runs until AFTER_KILL seconds after the kill
+
     with router(stack, tmp_path) as base, futures.ThreadPoolExecutor(4) as pool:
 
         def one(example: dict[str, Any]) -> tuple[int, str, str]:
@@ -529,12 +536,23 @@ def kill_tier_worker_under_traffic(
             answer = r.json()["tierserve"]
             return 200, str(answer["tier"]), str(answer["reason"])
 
-        runs = [pool.submit(one, example) for example in prompts]
-        wait_until(lambda: sum(r.done() for r in runs) >= 8, timeout=120, component="traffic",
+        def traffic(worker: int) -> None:
+            i = worker
+            while len(answered) < requests and not (stop_at and time.monotonic() > stop_at[0]):
+                answered.append(one(prompts[i % len(prompts)]))
+                i += 4
+
+        # Time after the kill, not a count: a fresh-clone run answered 60 requests before the
+        # killed pod's containers were gone, so none met the dead tier.
+        runs = [pool.submit(traffic, w) for w in range(4)]
+        wait_until(lambda: len(answered) >= 8, timeout=120, component="traffic",
                    what="8 answers before the kill", interval=0.2)  # fmt: skip
         kubectl(stack.cp, "delete", "pod", victims[0], "-n", NAMESPACE, "--force",
                 "--grace-period=0")  # fmt: skip
-        results = [r.result(timeout=max(1.0, 420 - (time.monotonic() - began))) for r in runs]
+        stop_at.append(time.monotonic() + AFTER_KILL)
+        for run in runs:
+            run.result(timeout=max(1.0, 420 - (time.monotonic() - began)))
+    results = list(answered)
     took = time.monotonic() - began
     lost = [r for r in results if r[0] != 200]
     assert not lost, f"{len(lost)}/{len(results)} lost in {took:.0f}s: {lost[:3]}"
