@@ -495,20 +495,7 @@ def test_killing_the_small_tier_during_traffic_loses_no_request(app: TieredApp) 
     # timeout is what turns that wait into a fallback to the next tier.
     app.route(mode="cascade", escalation={"threshold": 1.0}, requestTimeoutSeconds=4)
     assert complete(app, "12+34=").json()["tierserve"]["tier"] == "small"
-    results: list[httpx.Response] = []
-    stop = time.monotonic() + 45
-
-    def traffic() -> None:
-        while time.monotonic() < stop and len(results) < 300:
-            results.append(complete(app, "12+34="))
-
-    with futures.ThreadPoolExecutor(3) as pool:
-        running = [pool.submit(traffic) for _ in range(3)]
-        time.sleep(2)
-        killed = kill_replica(f"ServeReplica:{app.name}:tier-small")
-        for f in running:
-            f.result()
-    assert killed, "no small-tier replica process found to kill"
+    results = traffic_while_killing(app, "small", seconds=45)
     codes = [r.status_code for r in results]
     assert all(
         c == 200 or (c == 503 and r.json()["error"]) for c, r in zip(codes, results, strict=True)
@@ -536,8 +523,19 @@ def test_killing_the_top_tier_during_escalations_answers_with_the_lower_tier(
 
     eventually(small_answers, "small answering and escalating again", timeout=180,
                interval=2, retry=(httpx.HTTPError, KeyError, ValueError))  # fmt: skip
+    results = traffic_while_killing(app, "large", seconds=30)
+    lost = [(r.status_code, r.text[:200]) for r in results if r.status_code != 200]
+    assert not lost, f"{len(lost)}/{len(results)} not answered: {lost[:3]}"
+    answered = [r.json()["tierserve"] for r in results]
+    kept = [a for a in answered if a["reason"] == "fallback:large"]
+    assert kept and all((a["tier"], a["escalated"]) == ("small", False) for a in kept), kept[:3]
+
+
+def traffic_while_killing(app: TieredApp, tier: str, seconds: float) -> list[httpx.Response]:
+    """3 clients ask "12+34=" for `seconds` (at most 300 requests); 2 s in, `tier`'s replica
+    process is SIGKILLed. Every response, in order of arrival."""
     results: list[httpx.Response] = []
-    stop = time.monotonic() + 30
+    stop = time.monotonic() + seconds
 
     def traffic() -> None:
         while time.monotonic() < stop and len(results) < 300:
@@ -546,15 +544,11 @@ def test_killing_the_top_tier_during_escalations_answers_with_the_lower_tier(
     with futures.ThreadPoolExecutor(3) as pool:
         running = [pool.submit(traffic) for _ in range(3)]
         time.sleep(2)
-        killed = kill_replica(f"ServeReplica:{app.name}:tier-large")
+        killed = kill_replica(f"ServeReplica:{app.name}:tier-{tier}")
         for f in running:
             f.result()
-    assert killed, "no large-tier replica process found to kill"
-    lost = [(r.status_code, r.text[:200]) for r in results if r.status_code != 200]
-    assert not lost, f"{len(lost)}/{len(results)} not answered: {lost[:3]}"
-    answered = [r.json()["tierserve"] for r in results]
-    kept = [a for a in answered if a["reason"] == "fallback:large"]
-    assert kept and all((a["tier"], a["escalated"]) == ("small", False) for a in kept), kept[:3]
+    assert killed, f"no {tier}-tier replica process found to kill"
+    return results
 
 
 def kill_replica(title: str) -> list[int]:
