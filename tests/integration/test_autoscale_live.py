@@ -21,7 +21,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.operator import condition, mt_status, start_operator
+from tests.fixtures.operator import (
+    condition,
+    mt_status,
+    remove_modeltier,
+    start_operator,
+    wait_ready,
+)
 from tests.waiting import eventually
 from tierserve.dev.controlplane import ControlPlaneInfo
 from tierserve.dev.proc import free_port
@@ -76,12 +82,7 @@ def test_observe_then_apply_under_queue_pressure_and_prometheus_loss_holds_it(
         doc["spec"]["tiers"][1]["engineArgs"]["max_num_seqs"] = 1
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
 
-        def ready() -> dict[str, Any] | None:
-            status = mt_status(kubectl, name, namespace)
-            assert condition(status, "Degraded").get("status") != "True", status
-            return status if condition(status, "Ready").get("status") == "True" else None
-
-        eventually(ready, "the ModelTier to be Ready", timeout=900)
+        wait_ready(kubectl, name, namespace)
 
         # Drive the top tier past its queue target: six clients pinned to it, each request
         # generating 200 tokens (~0.5 s here), so about five wait in vLLM's queue at any time.
@@ -183,11 +184,6 @@ def test_observe_then_apply_under_queue_pressure_and_prometheus_loss_holds_it(
         spec = json.loads(kubectl("get", "mt", name, "-n", namespace, "-o", "json").stdout)
         assert spec["spec"]["routing"]["escalation"]["threshold"] == SPEC_THRESHOLD
     finally:  # the ModelTier first, while the operator can still remove its finalizer
-        kubectl("delete", "mt", name, "-n", namespace, "--wait=false", check=False)
-        eventually(
-            lambda: kubectl("get", "mt", name, "-n", namespace, check=False).returncode != 0,
-            "the ModelTier to be deleted",
-            timeout=60,
-        )
+        remove_modeltier(kubectl, name, namespace)
         operator.stop()
         prom.stop()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.operator import condition, mt_status, start_operator
+from tests.fixtures.operator import condition, mt_status, start_operator, wait_ready
 from tests.waiting import eventually
 from tierserve.controller.serve_client import ServeClient
 from tierserve.dev.controlplane import ControlPlaneInfo
@@ -68,12 +68,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
         doc = modeltier("tiny-sums", ray_head.dashboard_url, paths, "/tiny-sums")
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
 
-        def ready() -> dict[str, Any] | None:
-            status = mt_status(kubectl, "tiny-sums", namespace)
-            assert condition(status, "Degraded").get("status") != "True", status
-            return status if condition(status, "Ready").get("status") == "True" else None
-
-        status = eventually(ready, "the ModelTier to be Ready", timeout=900)
+        status = wait_ready(kubectl, "tiny-sums", namespace)
         assert status["ready"] == "2/2"
         assert [t["name"] for t in status["tiers"]] == ["small", "large"]
         assert all(t["ready"] for t in status["tiers"])
@@ -137,7 +132,7 @@ def test_external_modeltier_serves_requests_and_is_removed_on_delete(
         eventually(rescaled, "tier-small's max_replicas to be 2 in Serve", timeout=120)
         # Serve rolls tier-small to its new config version (UPDATING for a moment, so Ready may
         # blink): wait for Ready, then the same replicas must still be there.
-        eventually(ready, "the ModelTier to be Ready again", timeout=120)
+        wait_ready(kubectl, "tiny-sums", namespace, 120, "the ModelTier to be Ready again")
         assert replica_ids(ray_head.dashboard_url, app_name) == replicas_before
 
         kubectl("delete", "mt", "tiny-sums", "-n", namespace, "--timeout=120s")

@@ -54,7 +54,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.fixtures.operator import condition, mt_status, start_operator
+from tests.fixtures.operator import (
+    mt_status,
+    remove_modeltier,
+    start_operator,
+    wait_ready,
+)
 from tests.waiting import eventually
 from tierserve.dev.controlplane import ControlPlaneInfo
 from tierserve.dev.proc import free_port
@@ -144,13 +149,8 @@ def test_rank_score_reaches_a_40_percent_budget_over_70_percent_ties(
         doc["spec"]["tiers"][0]["engineArgs"]["logprobs_mode"] = "processed_logprobs"
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
 
-        def ready() -> dict[str, Any] | None:
-            status = mt_status(kubectl, name, namespace)
-            assert condition(status, "Degraded").get("status") != "True", status
-            return status if condition(status, "Ready").get("status") == "True" else None
-
         t0 = time.monotonic()
-        eventually(ready, "the ModelTier to be Ready", timeout=900)
+        wait_ready(kubectl, name, namespace)
         print(f"\nModelTier Ready in {time.monotonic() - t0:.0f}s")
 
         pool = traffic_pool()
@@ -278,11 +278,6 @@ def test_rank_score_reaches_a_40_percent_budget_over_70_percent_ties(
         assert abs(share - BUDGET) <= TOLERANCE, (share, last)
         assert last.get("mode") == "apply" and any(h[3] for h in history), last
     finally:  # the ModelTier first, while the operator can still remove its finalizer
-        kubectl("delete", "mt", name, "-n", namespace, "--wait=false", check=False)
-        eventually(
-            lambda: kubectl("get", "mt", name, "-n", namespace, check=False).returncode != 0,
-            "the ModelTier to be deleted",
-            timeout=60,
-        )
+        remove_modeltier(kubectl, name, namespace)
         operator.stop()
         prom.stop()

@@ -434,18 +434,21 @@ class CascadeEngine:
                 attempt = await self._try(cfg, call, i, climb and i == index, budget, refusals)
             if attempt is not None:
                 if i != index:
-                    moved = "overloaded" if index in refusals.busy else "error"
-                    self.metrics.fallback(cfg.tiers[index].name, cfg.tiers[i].name, moved)
+                    self._moved(cfg, index, attempt, refusals)
                 return attempt
             refused.add(i)
             policy = cfg.spill if i in refusals.busy else str(cfg.fallback)
             at = next_tier(n_tiers, i, policy, refused)
         held = self._held(parked, policy, deadline)
-        if held is not None:
-            moved = "overloaded" if index in refusals.busy else "error"
-            self.metrics.fallback(cfg.tiers[index].name, held.tier.name, moved)
-            return held
-        raise refusals.error(cfg, deadline)
+        if held is None:
+            raise refusals.error(cfg, deadline)
+        self._moved(cfg, index, held, refusals)
+        return held
+
+    def _moved(self, cfg: IngressConfig, index: int, to: Attempt, refusals: Refusals) -> None:
+        """Meters a request that tier `index` sent elsewhere, and why (full or failed)."""
+        why = "overloaded" if index in refusals.busy else "error"
+        self.metrics.fallback(cfg.tiers[index].name, to.tier.name, why)
 
     @staticmethod
     def _held(parked: dict[int, Attempt], policy: str, deadline: Deadline) -> Attempt | None:
