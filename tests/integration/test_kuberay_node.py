@@ -128,7 +128,7 @@ def served(stack: kuberay_node.Stack) -> Iterator[dict[str, Any]]:
             kubectl(stack.cp, "delete", "modeltier", NAME, "-n", NAMESPACE, "--wait=false")
 
 
-def test_the_operator_runs_as_a_pod_from_its_image(stack: kuberay_node.Stack) -> None:
+def test_the_operators_run_as_pods_from_their_images(stack: kuberay_node.Stack) -> None:
     deploy = get(stack, "deployment", kuberay_node.OPERATOR_RELEASE,
                  ns=kuberay_node.OPERATOR_NAMESPACE)  # fmt: skip
     assert deploy is not None, "helm install created no operator Deployment"
@@ -136,6 +136,10 @@ def test_the_operator_runs_as_a_pod_from_its_image(stack: kuberay_node.Stack) ->
     pod = deploy["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == images.REFS["operator"]
     assert pod["serviceAccountName"] == kuberay_node.OPERATOR_RELEASE
+    # KubeRay's too, under its own ServiceAccount (the serving test below needs it working).
+    kuberay = get(stack, "deployment", kuberay_node.KUBERAY_NAME, ns=kuberay_node.KUBERAY_NAMESPACE)
+    assert kuberay is not None and kuberay["status"].get("readyReplicas") == 1
+    assert kuberay["spec"]["template"]["spec"]["serviceAccountName"] == kuberay_node.KUBERAY_NAME
 
 
 def test_a_kuberay_modeltier_serves_through_the_rayservice(

@@ -69,3 +69,34 @@ def test_the_kuberay_demo_modeltier_is_valid_and_autoscaled_from_that_prometheus
     assert mt.spec.ray.backend == "kuberay" and mt.spec.ray.route_prefix == "/"
     autoscale = mt.spec.routing.escalation.autoscale
     assert autoscale is not None and autoscale.prometheus_url == "http://10.244.0.1:9090"
+
+
+def test_the_kuberay_operator_pod_runs_under_kuberays_own_rules_and_rolls_with_its_image() -> None:
+    from tierserve.dev import kuberay_node
+
+    rules = [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["create", "get"]}]
+    docs = kuberay_node.kuberay_manifests(rules, "localhost/kuberay/operator:v1", "k1")
+    by_kind = {d["kind"]: d for d in docs}
+    role, binding, deploy = (
+        by_kind["ClusterRole"],
+        by_kind["ClusterRoleBinding"],
+        by_kind["Deployment"],
+    )
+    assert role["rules"] == rules and binding["roleRef"]["name"] == role["metadata"]["name"]
+    pod = deploy["spec"]["template"]
+    (subject,) = binding["subjects"]
+    assert (subject["name"], subject["namespace"]) == (
+        pod["spec"]["serviceAccountName"],
+        deploy["metadata"]["namespace"],
+    )
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "localhost/kuberay/operator:v1"
+    assert container["imagePullPolicy"] == "Never"  # never pulled: built here
+    # One operator at a time: no leader election, and Recreate so two never overlap.
+    assert "--enable-leader-election=false" in container["args"]
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # A rebuilt image under the same tag rolls the pod.
+    again = kuberay_node.kuberay_manifests(rules, "localhost/kuberay/operator:v1", "k2")
+    template = next(d for d in again if d["kind"] == "Deployment")["spec"]["template"]
+    assert template["metadata"]["annotations"] != pod["metadata"]["annotations"]

@@ -496,6 +496,39 @@ def ensure_image(kind: Kind) -> Path:
     return archive
 
 
+def ensure_binary_image(name: str, binary: Path, ref: str) -> Path:
+    """An image of one prebuilt executable on the local base, as /manager, run as UID 65532
+    (e.g. the KubeRay operator built from its Go module: no registry here serves
+    kuberay/operator); its OCI archive, keyed by the binary, the base and `ref`.
+
+    The base, not scratch: a Go binary built with cgo needs glibc (the host is bookworm too)."""
+    key = _digest([binary.read_bytes(), base_hash().encode(), ref.encode()])
+    archive = images_dir() / f"{name}-{key}.oci.tar"
+    if archive.exists():
+        return archive
+    lock = images_dir() / ".build.lock"
+    with file_lock(lock, timeout=BUILD_TIMEOUT, component="images", what="the build lock"):
+        if archive.exists():
+            return archive
+        base, log = ensure_base(), _log(name)
+        log.write_text("")
+        began = time.monotonic()
+        with _container(base, f"tierserve-{name}-build", log) as ctr:
+            buildah("copy", ctr, str(binary), "/manager", log=log, timeout=600)
+            entry = ["config", "--entrypoint", '["/manager"]', "--cmd", "[]"]
+            buildah(*entry, "--user", "65532:65532", ctr, log=log)
+            buildah("commit", ctr, ref, log=log, timeout=600, what=f"buildah commit {name}")
+        part = archive.with_name(archive.name + ".part")
+        part.unlink(missing_ok=True)
+        buildah("push", ref, f"oci-archive:{part}:{ref}", log=log, timeout=PUSH_TIMEOUT)
+        os.replace(part, archive)
+        for old in images_dir().glob(f"{name}-*.oci.tar"):
+            if old != archive:
+                old.unlink()
+        say(f"==> {ref} in {time.monotonic() - began:.0f}s -> {archive}")
+    return archive
+
+
 # ---- Smoke tests inside the built images
 
 CHECKS: dict[Kind, list[list[str]]] = {

@@ -1,6 +1,6 @@
 """The whole kuberay stack on this machine: control plane + a real node (containerd, kubelet,
-kube-scheduler, kube-proxy, CoreDNS) + the serving image imported + the KubeRay operator + the
-tierserve operator. Dev tooling (Linux, root), for `tierserve demo --backend kuberay` and tests.
+kube-scheduler, kube-proxy, CoreDNS) + the serving image imported + the KubeRay operator (a pod
+from an image of its binary, or a host process) + the tierserve operator. Dev tooling (Linux, root), for `tierserve demo --backend kuberay` and tests.
 
     python -m tierserve.dev.kuberay_node up [--detach]   # prints each step's time
     python -m tierserve.dev.kuberay_node down            # stops what `up --detach` left running
@@ -150,6 +150,123 @@ def apply_tierserve_crds(cp: ControlPlaneInfo) -> None:
 OPERATOR_RELEASE = "tierserve"
 OPERATOR_NAMESPACE = "tierserve-system"
 
+KUBERAY_NAMESPACE = "kuberay-system"
+KUBERAY_NAME = "kuberay-operator"
+KUBERAY_PROBE_PORT = 8082
+KubeRayMode = Literal["pod", "host"]
+
+
+def kuberay_manifests(rules: list[dict[str, Any]], image: str, key: str) -> list[dict[str, Any]]:
+    """The KubeRay operator as a pod, the way its own config/manager and config/rbac install it:
+    a ServiceAccount bound to KubeRay's ClusterRole (`rules`, from its module), one Deployment
+    (Recreate, leader election off: one replica), non-root with a read-only root filesystem.
+    `key` (the image archive's hash) rolls the pod when the image changes under the same tag.
+    In a pod it dials each head's dashboard through cluster DNS, as on any cluster (the host
+    process needs --use-kubernetes-proxy instead). The CPU request is token-sized: the node's
+    2 cores are the Ray pods'."""
+    labels = {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/component": KUBERAY_NAME}
+    meta = {"name": KUBERAY_NAME, "namespace": KUBERAY_NAMESPACE, "labels": labels}
+
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": KUBERAY_PROBE_PORT}, "periodSeconds": 5}
+
+    container = {
+        "name": KUBERAY_NAME,
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["/manager"],
+        "args": [
+            "--enable-leader-election=false",
+            "--log-stdout-encoder=console",
+            "--metrics-addr=:8080",
+            f"--health-probe-bind-address=:{KUBERAY_PROBE_PORT}",
+        ],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": probe("/readyz"),
+        "livenessProbe": probe("/healthz"),
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod = {
+        "metadata": {"labels": labels, "annotations": {"tierserve.io/image-hash": key}},
+        "spec": {
+            "serviceAccountName": KUBERAY_NAME,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+            "containers": [container],
+        },
+    }
+    cluster_meta = {"name": KUBERAY_NAME, "labels": labels}
+    subject = {"kind": "ServiceAccount", "name": KUBERAY_NAME, "namespace": KUBERAY_NAMESPACE}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUBERAY_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": cluster_meta,
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": cluster_meta,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": KUBERAY_NAME,
+            },
+            "subjects": [subject],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": labels},
+                "template": pod,
+            },
+        },
+    ]
+
+
+def kuberay_image() -> Path:
+    """The KubeRay operator's image archive, built from the binary of the pinned module."""
+    from tierserve.dev.controlplane.build import ensure_kuberay_operator, kuberay_version
+    from tierserve.dev.images import ensure_binary_image
+
+    binary = ensure_kuberay_operator()
+    if binary is None:
+        raise ComponentError("kuberay-operator", "the KubeRay operator could not be built")
+    return ensure_binary_image("kuberay", binary, f"localhost/kuberay/operator:{kuberay_version()}")
+
+
+def install_kuberay_pod(cp: ControlPlaneInfo, archive: Path) -> None:
+    """KubeRay's CRDs, then its operator as a Deployment from `archive` (already imported into
+    the node's containerd); waits (bounded) until its pod is ready."""
+    from tierserve.dev.controlplane.kuberay import kuberay_crds_apply, kuberay_rbac_rules
+
+    kuberay_crds_apply(cp, only_missing=True)
+    (image,) = archive_images(archive)
+    docs = kuberay_manifests(kuberay_rbac_rules(), image, archive.name)
+    kubectl(cp, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    try:
+        kubectl(cp, "rollout", "status", f"deployment/{KUBERAY_NAME}", "-n", KUBERAY_NAMESPACE,
+                "--timeout=180s", timeout=200)  # fmt: skip
+    except ComponentError as exc:
+        pods = ""
+        with contextlib.suppress(ComponentError):
+            pods = kubectl(cp, "get", "pods", "-n", KUBERAY_NAMESPACE, "-o", "wide").stdout
+        raise ComponentError(KUBERAY_NAME, f"not ready as a pod: {exc}\n{pods}") from None
+
 
 def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | None) -> None:
     """`helm upgrade --install` of charts/tierserve with the locally built operator image (never
@@ -237,6 +354,7 @@ def up(
     images: Sequence[Path] | None = None,
     operator_namespace: str | None = "default",
     operator: OperatorMode = "pod",
+    kuberay: KubeRayMode = "pod",
     detach: bool = False,
 ) -> Stack:
     """Brings the whole stack up (idempotent per step; builds what is missing) and returns it.
@@ -245,7 +363,8 @@ def up(
 
     `operator`: "pod" installs the chart (the operator as a pod from its image, the main path
     users take), "host" runs `tierserve operator` as a host process (faster to iterate on: no
-    image rebuild after a code change), "none" leaves it out."""
+    image rebuild after a code change), "none" leaves it out. `kuberay`: "pod" runs the KubeRay
+    operator as a Deployment from an image of its binary, "host" as a host process."""
     state = Path(state_dir) if state_dir else default_stack_dir()
     state.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -265,8 +384,16 @@ def up(
             ensure_image(node, archive)
             _step(timings, f"image {archive.name}", t)
         t = time.monotonic()
-        start_kuberay_operator(cp, detach=detach, use_kubernetes_proxy=True)
-        _step(timings, "KubeRay operator", t)
+        if kuberay == "pod":
+            archive = kuberay_image()
+            ensure_image(node, archive)
+            install_kuberay_pod(cp, archive)
+            _step(timings, "KubeRay operator (a pod)", t)
+        else:  # never two KubeRay operators: a pod kept in etcd from a "pod" run goes
+            kubectl(cp, "delete", "deployment", KUBERAY_NAME, "-n", KUBERAY_NAMESPACE,
+                    "--ignore-not-found", timeout=60)  # fmt: skip
+            start_kuberay_operator(cp, detach=detach, use_kubernetes_proxy=True)
+            _step(timings, "KubeRay operator (host process)", t)
         stack = Stack(state, cp, node, timings=timings)
         if operator == "host":
             t = time.monotonic()
@@ -473,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pod: helm install the chart (default); host: a host process; none",
     )  # fmt: skip
     up_cmd.add_argument(
+        "--kuberay", choices=get_args(KubeRayMode), default="pod",
+        help="pod: the KubeRay operator as a Deployment (default); host: a host process",
+    )  # fmt: skip
+    up_cmd.add_argument(
         "--no-images", action="store_true", help="import nothing (use what the node holds)"
     )
     down_cmd = sub.add_parser("down")
@@ -488,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.state_dir,
                 images=[] if args.no_images else None,
                 operator=args.operator,
+                kuberay=args.kuberay,
                 detach=args.detach,
             )
             print(f"export KUBECONFIG={stack.cp.kubeconfig}")
