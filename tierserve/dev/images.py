@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -445,55 +445,58 @@ def ensure_image(kind: Kind) -> Path:
     names the image by it. Older archives of the same kind are removed (they are GBs)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    archive = archive_path(kind)
+    return _once(archive_path(kind), lambda archive: _build(kind, archive))
+
+
+def _once(archive: Path, build: Callable[[Path], None]) -> Path:
+    """`archive`, made by `build(archive)` unless it exists. One build at a time: they are CPU-
+    and disk-heavy, and a build's pruning must not see another's intermediate images."""
     if archive.exists():
         return archive
-    # One build at a time (they are CPU- and disk-heavy, and the pruning below must not see
-    # another build's intermediate images).
     lock = images_dir() / ".build.lock"
     with file_lock(lock, timeout=BUILD_TIMEOUT, component="images", what="the build lock"):
-        if archive.exists():
-            return archive
-        base = ensure_base()
-        ref = REFS[kind]
-        log = _log(kind)
-        log.write_text("")
-        argv = ["bud", "--layers", "--pull=never", "--network", "host", "--format", "oci"]
-        argv += ["-f", str(DOCKER / f"{kind}.Dockerfile"), "-t", ref]
-        for name, value in {**image_build_args(kind), "BASE": base}.items():
-            argv += ["--build-arg", f"{name}={value}"]
-        if HOST_CA_BUNDLE.exists():
-            # The host's trust store for the build's downloads (here a TLS-intercepting
-            # proxy's CA); a bind mount is never part of a layer.
-            argv += ["-v", f"{HOST_CA_BUNDLE}:/etc/ssl/certs/ca-certificates.crt:ro"]
-        began = time.monotonic()
-        say(f"==> building {ref} (buildah, {storage_driver()}; log: {log})")
-        buildah(*argv, str(ROOT), log=log, timeout=BUILD_TIMEOUT, what=f"buildah bud {kind}")
-        built = time.monotonic()
-        say(f"==> built {ref} in {built - began:.0f}s; exporting")
-        part = archive.with_name(archive.name + ".part")
-        part.unlink(missing_ok=True)
-        buildah(
-            "push",
-            ref,
-            f"oci-archive:{part}:{ref}",
-            log=log,
-            timeout=PUSH_TIMEOUT,
-            what="buildah push",
-        )
-        os.replace(part, archive)
-        size = archive.stat().st_size / 2**20
-        say(f"==> exported in {time.monotonic() - built:.0f}s ({size:.0f} MiB) -> {archive}")
-        if archive_path(kind) != archive:
-            say("==> note: the context changed meanwhile; the next run rebuilds (layers cached)")
-        for old in images_dir().glob(f"{kind}-*.oci.tar"):
-            if old != archive:
-                old.unlink()
-        # The image the new tag replaced and the layers only it used (each rebuild after a
-        # change to tierserve/ would leave some); --layers' cache of the unchanged steps stays.
-        with contextlib.suppress(ComponentError):
-            buildah("rmi", "--prune", log=log, timeout=600)
+        if not archive.exists():
+            build(archive)
     return archive
+
+
+def _build(kind: Kind, archive: Path) -> None:
+    base, ref, log = ensure_base(), REFS[kind], _log(kind)
+    log.write_text("")
+    argv = ["bud", "--layers", "--pull=never", "--network", "host", "--format", "oci"]
+    argv += ["-f", str(DOCKER / f"{kind}.Dockerfile"), "-t", ref]
+    for name, value in {**image_build_args(kind), "BASE": base}.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    if HOST_CA_BUNDLE.exists():
+        # The host's trust store for the build's downloads (here a TLS-intercepting
+        # proxy's CA); a bind mount is never part of a layer.
+        argv += ["-v", f"{HOST_CA_BUNDLE}:/etc/ssl/certs/ca-certificates.crt:ro"]
+    began = time.monotonic()
+    say(f"==> building {ref} (buildah, {storage_driver()}; log: {log})")
+    buildah(*argv, str(ROOT), log=log, timeout=BUILD_TIMEOUT, what=f"buildah bud {kind}")
+    built = time.monotonic()
+    say(f"==> built {ref} in {built - began:.0f}s; exporting")
+    _export(ref, archive, kind, log)
+    size = archive.stat().st_size / 2**20
+    say(f"==> exported in {time.monotonic() - built:.0f}s ({size:.0f} MiB) -> {archive}")
+    if archive_path(kind) != archive:
+        say("==> note: the context changed meanwhile; the next run rebuilds (layers cached)")
+    # The image the new tag replaced and the layers only it used (each rebuild after a
+    # change to tierserve/ would leave some); --layers' cache of the unchanged steps stays.
+    with contextlib.suppress(ComponentError):
+        buildah("rmi", "--prune", log=log, timeout=600)
+
+
+def _export(ref: str, archive: Path, prefix: str, log: Path) -> None:
+    """`ref` written to the OCI archive `archive` (atomically); the older `prefix-*` archives
+    removed (they are GBs)."""
+    part = archive.with_name(archive.name + ".part")
+    part.unlink(missing_ok=True)
+    buildah("push", ref, f"oci-archive:{part}:{ref}", log=log, timeout=PUSH_TIMEOUT)
+    os.replace(part, archive)
+    for old in images_dir().glob(f"{prefix}-*.oci.tar"):
+        if old != archive:
+            old.unlink()
 
 
 def ensure_binary_image(name: str, binary: Path, ref: str) -> Path:
@@ -503,13 +506,8 @@ def ensure_binary_image(name: str, binary: Path, ref: str) -> Path:
 
     The base, not scratch: a Go binary built with cgo needs glibc (the host is bookworm too)."""
     key = _digest([binary.read_bytes(), base_hash().encode(), ref.encode()])
-    archive = images_dir() / f"{name}-{key}.oci.tar"
-    if archive.exists():
-        return archive
-    lock = images_dir() / ".build.lock"
-    with file_lock(lock, timeout=BUILD_TIMEOUT, component="images", what="the build lock"):
-        if archive.exists():
-            return archive
+
+    def build(archive: Path) -> None:
         base, log = ensure_base(), _log(name)
         log.write_text("")
         began = time.monotonic()
@@ -518,15 +516,10 @@ def ensure_binary_image(name: str, binary: Path, ref: str) -> Path:
             entry = ["config", "--entrypoint", '["/manager"]', "--cmd", "[]"]
             buildah(*entry, "--user", "65532:65532", ctr, log=log)
             buildah("commit", ctr, ref, log=log, timeout=600, what=f"buildah commit {name}")
-        part = archive.with_name(archive.name + ".part")
-        part.unlink(missing_ok=True)
-        buildah("push", ref, f"oci-archive:{part}:{ref}", log=log, timeout=PUSH_TIMEOUT)
-        os.replace(part, archive)
-        for old in images_dir().glob(f"{name}-*.oci.tar"):
-            if old != archive:
-                old.unlink()
+        _export(ref, archive, name, log)
         say(f"==> {ref} in {time.monotonic() - began:.0f}s -> {archive}")
-    return archive
+
+    return _once(images_dir() / f"{name}-{key}.oci.tar", build)
 
 
 # ---- Smoke tests inside the built images

@@ -1,6 +1,7 @@
 """The whole kuberay stack on this machine: control plane + a real node (containerd, kubelet,
 kube-scheduler, kube-proxy, CoreDNS) + the serving image imported + the KubeRay operator (a pod
-from an image of its binary, or a host process) + the tierserve operator. Dev tooling (Linux, root), for `tierserve demo --backend kuberay` and tests.
+from an image of its binary, or a host process) + the tierserve operator. Dev tooling (Linux,
+root), for `tierserve demo --backend kuberay` and tests.
 
     python -m tierserve.dev.kuberay_node up [--detach]   # prints each step's time
     python -m tierserve.dev.kuberay_node down            # stops what `up --detach` left running
