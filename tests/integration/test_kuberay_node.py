@@ -48,6 +48,7 @@ NAME = "node-sums"
 NAMESPACE = "default"
 READY_TIMEOUT = 600.0  # two vLLM engines loading on a 2-core node; measured ~100 s idle
 DEGRADED_GRACE = 120.0  # how long the serving ModelTier may stay Degraded while coming up
+ATTEMPT_TIMEOUT_S = 20.0  # the kill tests' attempt bound: below a worker's recovery time
 
 # The first test's setup brings the stack up (image import included) and waits for Ready.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -500,6 +501,36 @@ def why_new_cluster(stack: kuberay_node.Stack) -> str:
 AFTER_KILL = 30.0
 
 
+@contextlib.contextmanager
+def attempt_bound(stack: kuberay_node.Stack, base: str, seconds: float) -> Iterator[None]:
+    """The router's attempt bound (spec.routing.requestTimeoutSeconds) at `seconds` while the
+    block runs (in effect once the router's configHash changed), the spec's default after.
+
+    Why the kill tests need it: a call in flight on a killed worker hangs until Ray sees the
+    node gone, and with the default 60 s a fresh-clone run had the tier back on a new worker in
+    58 s: the hung calls were answered by it and none met a dead tier (nothing lost, nothing
+    shown). Below the recovery time they fall back, as on a cluster where a GPU worker takes
+    minutes to come back."""
+
+    def patch(value: float | None) -> None:
+        body = {"spec": {"routing": {"requestTimeoutSeconds": value}}}
+        kubectl(stack.cp, "patch", "modeltier", NAME, "-n", NAMESPACE, "--type", "merge",
+                "-p", json.dumps(body))  # fmt: skip
+
+    def config_hash() -> str:
+        return str(httpx.get(f"{base}/tierserve/config", timeout=10).json()["configHash"])
+
+    before = config_hash()
+    patch(seconds)
+    try:
+        wait_until(lambda: config_hash() != before, timeout=120, component="router",
+                   what=f"a {seconds:g} s attempt bound in effect", interval=2,
+                   retry=(httpx.HTTPError, KeyError, ValueError))  # fmt: skip
+        yield
+    finally:
+        patch(None)
+
+
 def kill_tier_worker_under_traffic(
     stack: kuberay_node.Stack, tier: str, tmp_path: Path, requests: int = 400
 ) -> list[tuple[int, str, str]]:
@@ -527,7 +558,11 @@ def kill_tier_worker_under_traffic(
     answered: list[tuple[int, str, str]] = []
     stop_at: list[float] = []  # traffic runs until AFTER_KILL seconds after the kill
 
-    with router(stack, tmp_path) as base, futures.ThreadPoolExecutor(4) as pool:
+    with (
+        router(stack, tmp_path) as base,
+        attempt_bound(stack, base, ATTEMPT_TIMEOUT_S),
+        futures.ThreadPoolExecutor(4) as pool,
+    ):
 
         def one(example: dict[str, Any]) -> tuple[int, str, str]:
             body = {"model": NAME, "prompt": example["prompt"], "max_tokens": 4}
