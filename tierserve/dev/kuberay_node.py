@@ -263,10 +263,15 @@ def install_kuberay_pod(cp: ControlPlaneInfo, archive: Path) -> None:
         kubectl(cp, "rollout", "status", f"deployment/{KUBERAY_NAME}", "-n", KUBERAY_NAMESPACE,
                 "--timeout=180s", timeout=200)  # fmt: skip
     except ComponentError as exc:
-        pods = ""
-        with contextlib.suppress(ComponentError):
-            pods = kubectl(cp, "get", "pods", "-n", KUBERAY_NAMESPACE, "-o", "wide").stdout
+        pods = _pod_list(cp, KUBERAY_NAMESPACE)
         raise ComponentError(KUBERAY_NAME, f"not ready as a pod: {exc}\n{pods}") from None
+
+
+def _pod_list(cp: ControlPlaneInfo, namespace: str) -> str:
+    """`kubectl get pods -o wide` of `namespace`, for an error message ("" if it fails too)."""
+    with contextlib.suppress(ComponentError):
+        return kubectl(cp, "get", "pods", "-n", namespace, "-o", "wide").stdout
+    return ""
 
 
 def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | None) -> None:
@@ -303,9 +308,7 @@ def helm_install_operator(cp: ControlPlaneInfo, state: Path, namespace: str | No
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     if out.returncode != 0:
-        pods = ""
-        with contextlib.suppress(ComponentError):
-            pods = kubectl(cp, "get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide").stdout
+        pods = _pod_list(cp, OPERATOR_NAMESPACE)
         raise ComponentError(
             "tierserve-operator",
             f"helm install failed: {out.stderr.strip() or out.stdout.strip()}\n{pods}",
